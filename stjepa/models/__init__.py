@@ -1,0 +1,21 @@
+"""Pure PyTorch model code: importable with torch and the standard library alone."""
+from .area import BACKENDS, AreaLayout, AreaSplits, area_index, attend
+from .attention_config import AttentionConfig
+from .predictor import VisionTransformerPredictor
+from .rope import RopeTables, apply_rope
+from .vision_transformer import VIT_SIZES, VisionTransformer, vit
+
+__all__ = [
+    "BACKENDS",
+    "AreaLayout",
+    "AreaSplits",
+    "AttentionConfig",
+    "RopeTables",
+    "VIT_SIZES",
+    "VisionTransformer",
+    "VisionTransformerPredictor",
+    "apply_rope",
+    "area_index",
+    "attend",
+    "vit",
+]

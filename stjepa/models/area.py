@@ -1,0 +1,258 @@
+"""Spatiotemporal area attention (ST-A²): area ids, the per-forward token layout, and backends.
+
+Tokens are split into areas by their (t, h, w) grid position: along an axis of length L cut
+into S splits, a token at position p is in slice ``floor(p * S / L)``. A token attends only to
+tokens of its own area in the same sample.
+
+The encoder sorts its visible tokens by area once per forward (positions travel with the
+tokens, so RoPE attention is unaffected) and builds one :class:`AreaLayout`; every area layer
+then runs on contiguous areas. Backends compute the same function:
+
+``dense``   boolean same-area mask over all tokens, SDPA (the reference; O(N^2) memory)
+``padded``  each non-empty area padded to the largest, SDPA with a key padding mask
+``flex``    FlexAttention with a block-sparse same-area mask over the flattened batch
+``varlen``  torch ``varlen_attn`` (flash) over the flattened batch (CUDA only)
+``equal``   all areas hold N / A tokens: a reshape to (B*A, heads, N/A, dim) and plain SDPA
+``auto``    ``equal`` when it applies, else ``varlen`` (CUDA) / ``flex`` (CUDA, older torch) /
+            ``padded`` (CPU)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
+
+
+@dataclass(frozen=True)
+class AreaSplits:
+    """How many slices each grid axis is cut into."""
+
+    temporal: int = 1
+    height: int = 1
+    width: int = 1
+
+    @property
+    def num_areas(self) -> int:
+        return self.temporal * self.height * self.width
+
+    def validate(self, grid: tuple[int, int, int] | None = None) -> None:
+        for name, value, axis in zip(
+            ("temporal_splits", "height_splits", "width_splits"),
+            (self.temporal, self.height, self.width),
+            grid if grid is not None else (None, None, None),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"attention.{name} must be an integer >= 1, got {value!r}.")
+            if axis is not None and value > axis:
+                raise ValueError(
+                    f"attention.{name}={value} is more splits than the {axis} grid cells on that axis; "
+                    f"allowed values are 1..{axis}."
+                )
+
+
+def area_index(t: Tensor, h: Tensor, w: Tensor, grid: tuple[int, int, int], splits: AreaSplits) -> Tensor:
+    """Area id of each token from its grid coordinates (same shapes as the inputs)."""
+    T, H, W = grid
+    at = torch.div(t * splits.temporal, T, rounding_mode="floor")
+    ah = torch.div(h * splits.height, H, rounding_mode="floor")
+    aw = torch.div(w * splits.width, W, rounding_mode="floor")
+    return (at * splits.height + ah) * splits.width + aw
+
+
+def _varlen_attn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.9
+        return None
+    return varlen_attn
+
+
+def _flex_attention(device: torch.device):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type == "cuda":  # eager flex is the slow reference path; compile for the kernel
+        global _COMPILED_FLEX
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        return _COMPILED_FLEX
+    return flex_attention
+
+
+_COMPILED_FLEX = None
+
+
+class AreaLayout:
+    """Where each area's tokens sit, for one forward pass.
+
+    ``area`` is (B, N) area ids in the order the tokens have when attention runs. All
+    backends but ``dense`` need that order to be area-sorted (each area contiguous).
+    ``reorder`` (optional, (B, N)) makes attention sort by area itself and restore the order
+    afterwards, in every layer: the published ST-A² behaviour, kept for comparison and tests.
+    """
+
+    def __init__(self, area: Tensor, num_areas: int, backend: str = "auto", reorder: Tensor | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"attention.backend={backend!r} is not known; allowed values are {', '.join(BACKENDS)}.")
+        self.num_areas = num_areas
+        self.reorder = reorder
+        self.area = area if reorder is None else area.gather(1, reorder)
+        B, N = self.area.shape
+        counts = torch.zeros(B, num_areas, dtype=torch.long, device=area.device)
+        counts.scatter_add_(1, self.area, torch.ones_like(self.area))
+        self.counts = counts
+        self.counts_host = counts.cpu()  # the one host sync per forward
+        self.backend = self._resolve(backend)
+
+    # -- facts derived from the counts -------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return self.area.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.area.shape[1]
+
+    @cached_property
+    def is_equal(self) -> bool:
+        c = self.counts_host
+        return bool(self.tokens % self.num_areas == 0 and (c == self.tokens // self.num_areas).all())
+
+    @cached_property
+    def max_area(self) -> int:
+        return int(self.counts_host.max()) if self.counts_host.numel() else 0
+
+    @cached_property
+    def pair_count(self) -> int:
+        """Query-key pairs attended per head, summed over the batch (for FLOP counts)."""
+        return int((self.counts_host**2).sum())
+
+    def _resolve(self, backend: str) -> str:
+        if backend != "auto":
+            if backend == "equal" and not self.is_equal:
+                raise ValueError(
+                    "attention.backend='equal' needs every area to hold the same number of tokens; "
+                    f"area sizes here range {int(self.counts_host.min())}..{self.max_area}. Use 'auto'."
+                )
+            if backend == "varlen" and (self.area.device.type != "cuda" or _varlen_attn() is None):
+                raise ValueError("attention.backend='varlen' needs a CUDA device and torch >= 2.9; use 'auto'.")
+            return backend
+        if self.is_equal:
+            return "equal"
+        if self.area.device.type == "cuda":
+            return "varlen" if _varlen_attn() is not None else "flex"
+        return "padded"
+
+    # -- per-backend structures, built on first use and shared by all layers ---------------
+    @cached_property
+    def _segments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Non-empty (sample, area) segments: compact id per token, slot in segment, sizes."""
+        B, N = self.area.shape
+        A = self.num_areas
+        flat_counts = self.counts.reshape(-1)
+        nonempty = flat_counts > 0
+        compact = torch.cumsum(nonempty.long(), 0) - 1  # segment id of each (sample, area)
+        starts = torch.cumsum(self.counts, 1) - self.counts  # first slot of each area, per sample
+        seg_of_token = (torch.arange(B, device=self.area.device)[:, None] * A + self.area).reshape(-1)
+        slot = torch.arange(N, device=self.area.device).expand(B, N) - starts.gather(1, self.area)
+        return compact[seg_of_token], slot.reshape(-1), flat_counts[nonempty]
+
+    @cached_property
+    def _padded_index(self) -> tuple[Tensor, Tensor, int]:
+        segment, slot, sizes = self._segments
+        width = self.max_area
+        key_valid = torch.arange(width, device=sizes.device)[None, :] < sizes[:, None]
+        return segment * width + slot, key_valid[:, None, None, :], sizes.numel()
+
+    @cached_property
+    def _cu_seqlens(self) -> Tensor:
+        sizes = self._segments[2]
+        return F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
+
+    @cached_property
+    def _flex_block_mask(self):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        segment = self._segments[0]
+        total = segment.numel()
+
+        def same_area(b, h, q_idx, kv_idx):
+            return segment[q_idx] == segment[kv_idx]
+
+        return create_block_mask(same_area, None, None, total, total, device=segment.device)
+
+    # -- attention ---------------------------------------------------------------------------
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Area attention for (B, heads, N, head_dim) tensors in layout order."""
+        if self.reorder is None:
+            return _BACKEND_FNS[self.backend](self, q, k, v)
+        idx = self.reorder[:, None, :, None].expand_as(q)
+        out = _BACKEND_FNS[self.backend](self, q.gather(2, idx), k.gather(2, idx), v.gather(2, idx))
+        return torch.empty_like(out).scatter_(2, idx, out)
+
+
+def _dense(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    mask = layout.area[:, None, :, None] == layout.area[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _equal(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    B, Hh, N, D = q.shape
+    A = layout.num_areas
+
+    def split(x: Tensor) -> Tensor:
+        return x.reshape(B, Hh, A, N // A, D).transpose(1, 2).reshape(B * A, Hh, N // A, D)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.reshape(B, A, Hh, N // A, D).transpose(1, 2).reshape(B, Hh, N, D)
+
+
+def _flatten_tokens(x: Tensor) -> Tensor:
+    B, Hh, N, D = x.shape
+    return x.transpose(1, 2).reshape(B * N, Hh, D)
+
+
+def _unflatten_tokens(x: Tensor, B: int) -> Tensor:
+    return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
+
+
+def _padded(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    B, Hh, N, D = q.shape
+    index, key_valid, segments = layout._padded_index
+    width = layout.max_area
+
+    def pack(x: Tensor) -> Tensor:
+        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, _flatten_tokens(x))
+        return flat.view(segments, width, Hh, D).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=key_valid)
+    out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, index)
+    return _unflatten_tokens(out, B)
+
+
+def _varlen(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    cu, width = layout._cu_seqlens, layout.max_area
+    out = _varlen_attn()(_flatten_tokens(q), _flatten_tokens(k), _flatten_tokens(v), cu, cu, width, width)
+    return _unflatten_tokens(out, q.shape[0])
+
+
+def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def flat(x: Tensor) -> Tensor:
+        return _flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
+
+    out = _flex_attention(q.device)(flat(q), flat(k), flat(v), block_mask=layout._flex_block_mask)
+    return _unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+
+
+_BACKEND_FNS = {"dense": _dense, "equal": _equal, "padded": _padded, "varlen": _varlen, "flex": _flex}
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, layout: AreaLayout | None = None) -> Tensor:
+    """The one attention interface: global SDPA without a layout, area attention with one."""
+    if layout is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    return layout.attend(q, k, v)

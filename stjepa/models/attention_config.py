@@ -1,0 +1,105 @@
+"""Which layers use area attention, with which splits and backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from .area import BACKENDS, AreaSplits
+
+KINDS = ("full", "area")
+REORDERS = ("once", "per_layer")
+DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT-L, the rest global
+
+
+@dataclass
+class AttentionConfig:
+    """Attention layout of one transformer (encoder or predictor).
+
+    ``kind='full'`` makes every layer global. ``kind='area'`` makes layers
+    ``[area_start, area_end)`` area layers (``area_end`` defaults to 18/24 of the depth), or
+    exactly ``area_layers`` when that list is given. ``spatial_splits`` sets height and width
+    splits together. ``reorder='once'`` sorts tokens by area once per forward;
+    ``'per_layer'`` sorts inside every area layer as the published ST-A² code did.
+    """
+
+    kind: str = "full"
+    temporal_splits: int = 1
+    height_splits: int = 1
+    width_splits: int = 1
+    spatial_splits: int | None = None
+    area_start: int = 0
+    area_end: int | None = None
+    area_layers: Sequence[int] | None = None
+    backend: str = "auto"
+    reorder: str = "once"
+
+    @classmethod
+    def create(cls, value: "AttentionConfig | Mapping[str, Any] | str | None") -> "AttentionConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, AttentionConfig):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        known = [f.name for f in fields(cls)]
+        kwargs = dict(value)
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"attention.{unknown[0]} is not an attention setting; known settings are {', '.join(known)}.")
+        if kwargs.get("area_layers") is not None:
+            kwargs["area_layers"] = [int(i) for i in kwargs["area_layers"]]
+        return cls(**kwargs)
+
+    @property
+    def splits(self) -> AreaSplits:
+        h = self.height_splits if self.spatial_splits is None else self.spatial_splits
+        w = self.width_splits if self.spatial_splits is None else self.spatial_splits
+        return AreaSplits(self.temporal_splits, h, w)
+
+    def pattern(self, depth: int) -> tuple[bool, ...]:
+        """True for each layer that uses area attention."""
+        self.validate(depth)
+        if self.kind == "full":
+            return (False,) * depth
+        if self.area_layers is not None:
+            chosen = set(self.area_layers)
+        else:
+            end = self.default_end(depth) if self.area_end is None else self.area_end
+            chosen = set(range(self.area_start, end))
+        return tuple(i in chosen for i in range(depth))
+
+    @staticmethod
+    def default_end(depth: int) -> int:
+        return round(depth * DEFAULT_AREA_FRACTION)
+
+    def validate(self, depth: int, grid: tuple[int, int, int] | None = None) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.kind not in KINDS:
+            raise ValueError(f"attention.kind={self.kind!r} is not known; allowed values are {', '.join(KINDS)}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"attention.backend={self.backend!r} is not known; allowed values are {', '.join(BACKENDS)}."
+            )
+        if self.reorder not in REORDERS:
+            raise ValueError(
+                f"attention.reorder={self.reorder!r} is not known; allowed values are {', '.join(REORDERS)}."
+            )
+        if self.spatial_splits is not None and (not isinstance(self.spatial_splits, int) or self.spatial_splits < 1):
+            raise ValueError(f"attention.spatial_splits must be an integer >= 1, got {self.spatial_splits!r}.")
+        self.splits.validate(grid)
+        if self.kind == "full":
+            return
+        if self.area_layers is not None:
+            bad = [i for i in self.area_layers if not 0 <= i < depth]
+            if bad or not self.area_layers:
+                raise ValueError(
+                    f"attention.area_layers={list(self.area_layers)} does not fit a depth of {depth}; "
+                    f"give a non-empty list of layer indices in 0..{depth - 1}."
+                )
+            return
+        end = self.default_end(depth) if self.area_end is None else self.area_end
+        if not (isinstance(self.area_start, int) and isinstance(end, int) and 0 <= self.area_start < end <= depth):
+            raise ValueError(
+                f"attention.area_start={self.area_start} / attention.area_end={end} do not fit a depth of "
+                f"{depth}; need 0 <= area_start < area_end <= {depth} (end exclusive)."
+            )

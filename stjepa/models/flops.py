@@ -1,0 +1,90 @@
+"""Forward FLOP counts (multiply-add = 2 FLOPs) for the encoder and predictor.
+
+Linear parts (patch embedding, qkv/proj, MLP, predictor embed/proj) scale with the number of
+tokens; the attention core (QK^T and AV, 4 * width FLOPs per query-key pair) scales with the
+number of pairs, which is what area attention cuts. A training step costs about 3x the
+forward of the modules that get gradients (forward + 2x backward) plus the target encoder's
+forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .area import area_index
+from .predictor import VisionTransformerPredictor
+from .sequence import Grid, grid_positions
+from .vision_transformer import VisionTransformer
+
+
+@dataclass
+class Flops:
+    linear: float = 0.0
+    attention: float = 0.0
+    attention_if_full: float = 0.0  # what the attention core would cost with only global layers
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention
+
+    def __add__(self, other: "Flops") -> "Flops":
+        return Flops(
+            self.linear + other.linear,
+            self.attention + other.attention,
+            self.attention_if_full + other.attention_if_full,
+        )
+
+    def scale(self, factor: float) -> "Flops":
+        return Flops(self.linear * factor, self.attention * factor, self.attention_if_full * factor)
+
+
+def _linear_macs(module: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def area_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> int:
+    """Query-key pairs per head over the batch when tokens at ``ids`` (B, N) use area attention."""
+    splits = model.attention.splits
+    area = area_index(*grid_positions(ids, grid), grid, splits)
+    counts = torch.zeros(ids.shape[0], splits.num_areas, dtype=torch.long)
+    counts.scatter_add_(1, area.cpu(), torch.ones_like(area.cpu()))
+    return int((counts**2).sum())
+
+
+def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int, area: int) -> Flops:
+    linear = 2.0 * tokens * sum(_linear_macs(b) for b in blocks)
+    attention = sum(4.0 * width * (area if is_area else full) for is_area in pattern)
+    return Flops(linear, attention, 4.0 * width * full * len(pattern))
+
+
+def encoder_flops(encoder: VisionTransformer, batch: int, grid: Grid, ids: Tensor | None = None) -> Flops:
+    """Forward FLOPs of the encoder on ``batch`` clips with token grid ``grid``; ``ids`` (B, N)
+    are the visible tokens (all tokens when None)."""
+    if ids is None:
+        n = grid[0] * grid[1] * grid[2]
+        ids = torch.arange(n).expand(batch, n)
+    n_visible = ids.shape[1]
+    pe = encoder.patch_embed.proj
+    patch_macs = pe.in_channels * pe.out_channels * pe.kernel_size[0] * pe.kernel_size[1] * pe.kernel_size[2]
+    embed = Flops(linear=2.0 * batch * grid[0] * grid[1] * grid[2] * patch_macs)
+    full = batch * n_visible**2
+    area = area_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else full
+    tokens = batch * n_visible
+    return embed + _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, area)
+
+
+def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, masks_y: Tensor, grid: Grid) -> Flops:
+    """Forward FLOPs of the predictor for one mask set (B, Nc) context, (B, Nt) targets."""
+    batch = masks_x.shape[0]
+    ids = torch.cat([masks_x, masks_y], 1)
+    n = ids.shape[1]
+    width = predictor.predictor_embed.out_features
+    full = batch * n**2
+    area = area_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else full
+    io = 2.0 * (batch * masks_x.shape[1] * _linear_macs(predictor.predictor_embed)
+                + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
+    blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, area)
+    return Flops(linear=io) + blocks

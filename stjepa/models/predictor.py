@@ -1,0 +1,129 @@
+"""V-JEPA 2 predictor: a narrow ViT that fills target positions from context features."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .attention_config import AttentionConfig
+from .layers import Block
+from .sequence import Grid, check_indices, run_blocks
+from .vision_transformer import init_weights, rescale_residual_branches
+
+
+class VisionTransformerPredictor(nn.Module):
+    """Embed context features to the predictor width, append a learnable mask token at each
+    target position, run the blocks over context + targets (ordered by grid position, or by
+    area then grid position with area layers), and project the targets back to encoder width.
+    Fully vectorized over the batch."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        embed_dim: int = 1024,
+        predictor_embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_swiglu: bool = False,
+        norm_eps: float = 1e-6,
+        init_std: float = 0.02,
+        num_mask_tokens: int = 10,
+        zero_init_mask_tokens: bool = True,
+        attention: AttentionConfig | Mapping[str, Any] | str | None = None,
+        use_activation_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if predictor_embed_dim % num_heads:
+            raise ValueError(
+                f"model.pred_embed_dim={predictor_embed_dim} must be divisible by model.pred_num_heads={num_heads}."
+            )
+        self.img_size, self.num_frames = img_size, num_frames
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.num_heads = num_heads
+        self.head_dim = predictor_embed_dim // num_heads
+        self.use_activation_checkpointing = use_activation_checkpointing
+        self.attention = AttentionConfig.create(attention)
+        self.attention_pattern = self.attention.pattern(depth)
+        self.attention.validate(depth, self.default_grid)
+
+        self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
+        self.mask_tokens = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)
+        )
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.predictor_blocks = nn.ModuleList(
+            Block(predictor_embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, rates[i], use_swiglu, norm_eps)
+            for i in range(depth)
+        )
+        self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
+        self.predictor_proj = nn.Linear(predictor_embed_dim, embed_dim)
+        self.apply(lambda m: init_weights(m, init_std))
+        rescale_residual_branches(self.predictor_blocks)
+        if not zero_init_mask_tokens:
+            for token in self.mask_tokens:
+                nn.init.trunc_normal_(token, std=init_std)
+
+    @property
+    def depth(self) -> int:
+        return len(self.predictor_blocks)
+
+    @property
+    def default_grid(self) -> Grid:
+        t = max(self.num_frames // self.tubelet_size, 1)
+        return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | str | None) -> None:
+        config = AttentionConfig.create(attention)
+        self.attention_pattern = config.pattern(self.depth)
+        config.validate(self.depth, self.default_grid)
+        self.attention = config
+
+    def forward(
+        self,
+        x: Tensor | list[Tensor],
+        masks_x: Tensor | list[Tensor],
+        masks_y: Tensor | list[Tensor],
+        mask_index: int | Sequence[int] = 0,
+        grid: Grid | None = None,
+    ) -> Tensor | list[Tensor]:
+        """Predict target features.
+
+        ``x`` (B, Nc, D) are context features at flat grid indices ``masks_x`` (B, Nc);
+        ``masks_y`` (B, Nt) are the target indices. Returns (B, Nt, D) in the order of
+        ``masks_y``. Lists (one entry per mask set) give a list; ``mask_index`` is then one
+        index for all sets (what V-JEPA 2 training does) or one per set.
+        """
+        if isinstance(x, (list, tuple)):
+            indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)
+            return [self.forward(*args, grid=grid) for args in zip(x, masks_x, masks_y, indices)]
+        grid = grid or self.default_grid
+        self.attention.splits.validate(grid)
+        check_indices(masks_x, grid, "context mask")
+        check_indices(masks_y, grid, "target mask")
+        B, n_ctx, _ = x.shape
+        context = self.predictor_embed(x)
+        token = self.mask_tokens[mask_index % len(self.mask_tokens)]
+        targets = token.to(context.dtype).expand(B, masks_y.shape[1], -1)
+        tokens = torch.cat([context, targets], dim=1)
+        ids = torch.cat([masks_x, masks_y], dim=1)
+        out = run_blocks(
+            self.predictor_blocks,
+            tokens,
+            ids,
+            grid,
+            self.attention,
+            self.attention_pattern,
+            self.head_dim,
+            sort_by_position=True,
+            activation_checkpointing=self.use_activation_checkpointing and self.training,
+        )
+        return self.predictor_proj(self.predictor_norm(out[:, n_ctx:]))

@@ -1,0 +1,91 @@
+"""Running a stack of blocks over tokens that carry (t, h, w) grid positions.
+
+Shared by the encoder and the predictor: positions, the area sort and the RoPE tables are
+computed once per forward here and handed to every layer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .area import AreaLayout, area_index
+from .attention_config import AttentionConfig
+from .rope import RopeTables
+
+Grid = tuple[int, int, int]
+
+
+def grid_positions(ids: Tensor, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat token index (t-major, then h, then w) -> (t, h, w) coordinates."""
+    _, H, W = grid
+    return ids // (H * W), (ids // W) % H, ids % W
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, N, ...) -> x[b, index[b]] for (B, K) indices."""
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+def check_indices(ids: Tensor, grid: Grid, what: str = "mask") -> None:
+    numel = grid[0] * grid[1] * grid[2]
+    if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
+        raise ValueError(f"{what} indices must be a (batch, tokens) integer tensor, got {tuple(ids.shape)} {ids.dtype}.")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= numel):
+        raise ValueError(
+            f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid; "
+            f"got values in {int(ids.min())}..{int(ids.max())}."
+        )
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def run_blocks(
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    ids: Tensor,
+    grid: Grid,
+    attention: AttentionConfig,
+    pattern: Sequence[bool],
+    head_dim: int,
+    sort_by_position: bool = False,
+    activation_checkpointing: bool = False,
+) -> Tensor:
+    """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N).
+
+    Layers flagged in ``pattern`` use area attention. With ``attention.reorder='once'`` the
+    tokens are sorted by (area, grid position) before the first layer and restored after the
+    last one, so the output is in the caller's order either way.
+    """
+    t, h, w = grid_positions(ids, grid)
+    layout, order = None, None
+    if any(pattern) or sort_by_position:
+        numel = grid[0] * grid[1] * grid[2]
+        area = area_index(t, h, w, grid, attention.splits) if any(pattern) else torch.zeros_like(ids)
+        order = (area * numel + ids).argsort(dim=1)
+        per_layer = attention.reorder == "per_layer"
+        if not per_layer:
+            x = gather_tokens(x, order)
+            t, h, w, area = (z.gather(1, order) for z in (t, h, w, area))
+        if any(pattern):
+            layout = AreaLayout(area, attention.splits.num_areas, attention.backend, reorder=order if per_layer else None)
+        if per_layer:
+            order = None
+    rope = RopeTables.from_positions(t, h, w, head_dim, _compute_dtype(x))
+    for blk, is_area in zip(blocks, pattern):
+        args = (x, rope, layout if is_area else None)
+        if activation_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(blk, *args, use_reentrant=False)
+        else:
+            x = blk(*args)
+    if order is not None:
+        x = torch.empty_like(x).scatter_(1, order[..., None].expand_as(x), x)
+    return x

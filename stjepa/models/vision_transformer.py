@@ -1,0 +1,187 @@
+"""Video ViT encoder (V-JEPA 2 layout) with optional spatiotemporal area attention."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .attention_config import AttentionConfig
+from .layers import Block, PatchEmbed3D
+from .sequence import Grid, check_indices, gather_tokens, run_blocks
+
+# name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
+# ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
+# flags in the wrong case, so they never took effect. vit_giant_swiglu is the SiLU-gated variant.
+VIT_SIZES: dict[str, tuple[int, int, int, float, bool]] = {
+    "vit_tiny": (192, 12, 3, 4.0, False),
+    "vit_small": (384, 12, 6, 4.0, False),
+    "vit_base": (768, 12, 12, 4.0, False),
+    "vit_large": (1024, 24, 16, 4.0, False),
+    "vit_huge": (1280, 32, 16, 4.0, False),
+    "vit_giant": (1408, 40, 22, 48 / 11, False),
+    "vit_giant_swiglu": (1408, 40, 22, 48 / 11, True),
+}
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv3d)):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def rescale_residual_branches(blocks: nn.ModuleList) -> None:
+    """Scale attn.proj and mlp.fc2 by 1/sqrt(2 * layer), as V-JEPA 2 does at init (for SwiGLU
+    that is the gate branch, not the output projection: kept as upstream has it)."""
+    for layer, blk in enumerate(blocks, start=1):
+        blk.attn.proj.weight.data.div_(math.sqrt(2.0 * layer))
+        blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
+
+
+def token_grid(shape: tuple[int, ...], patch_size: int, tubelet_size: int) -> Grid:
+    """(B, C, T, H, W) input shape -> (T', H', W') token grid, refusing sizes that do not divide."""
+    _, _, T, H, W = shape
+    if T % tubelet_size:
+        raise ValueError(f"data.frames_per_clip={T} must be a multiple of model.tubelet_size={tubelet_size}.")
+    for name, size in (("height", H), ("width", W)):
+        if size % patch_size:
+            raise ValueError(f"input {name} {size} must be a multiple of model.patch_size={patch_size}.")
+    return T // tubelet_size, H // patch_size, W // patch_size
+
+
+class VisionTransformer(nn.Module):
+    """Encoder: tubelet embedding, pre-norm blocks with 3D RoPE, final LayerNorm.
+
+    ``forward(x, masks)`` takes video (B, C, T, H, W) or images (B, C, H, W), and optionally
+    the flat grid indices of the visible tokens: one (B, K) tensor or a list of them (one per
+    mask set). It returns the visible tokens' features in the order of the indices: a tensor,
+    or a list with one tensor per mask set.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_swiglu: bool = False,
+        norm_eps: float = 1e-6,
+        init_std: float = 0.02,
+        attention: AttentionConfig | Mapping[str, Any] | str | None = None,
+        use_activation_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.img_size, self.num_frames = img_size, num_frames
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.use_activation_checkpointing = use_activation_checkpointing
+        self.attention = AttentionConfig.create(attention)
+        self.attention_pattern = self.attention.pattern(depth)
+        self.attention.validate(depth, self.default_grid)
+
+        self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, rates[i], use_swiglu, norm_eps)
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.apply(lambda m: init_weights(m, init_std))
+        rescale_residual_branches(self.blocks)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def default_grid(self) -> Grid:
+        t = max(self.num_frames // self.tubelet_size, 1)
+        return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | str | None) -> None:
+        """Switch the attention layout; parameters are unaffected."""
+        config = AttentionConfig.create(attention)
+        self.attention_pattern = config.pattern(self.depth)
+        config.validate(self.depth, self.default_grid)
+        self.attention = config
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) become one-tubelet clips by repeating the frame."""
+        if x.dim() == 4:
+            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
+        if x.dim() != 5:
+            raise ValueError(f"encoder input must be (B, C, T, H, W) video or (B, C, H, W) images, got {tuple(x.shape)}.")
+        return x
+
+    def forward(self, x: Tensor, masks: Tensor | list[Tensor] | None = None) -> Tensor | list[Tensor]:
+        x = self.prepare_input(x)
+        grid = token_grid(tuple(x.shape), self.patch_size, self.tubelet_size)
+        tokens = self.patch_embed(x)
+        B, N, _ = tokens.shape
+        if masks is None:
+            ids = torch.arange(N, device=x.device).expand(B, N)
+            return self.forward_tokens(tokens, ids, grid)
+        mask_list = masks if isinstance(masks, (list, tuple)) else [masks]
+        for m in mask_list:
+            check_indices(m, grid)
+            if m.shape[0] != B:
+                raise ValueError(f"mask batch size {m.shape[0]} does not match the input batch size {B}.")
+        outs = self._forward_mask_sets(tokens, mask_list, grid)
+        return outs if isinstance(masks, (list, tuple)) else outs[0]
+
+    def _forward_mask_sets(self, tokens: Tensor, masks: list[Tensor], grid: Grid) -> list[Tensor]:
+        # Mask sets of equal size share one pass (stacked along the batch); others run apart.
+        outs: list[Tensor | None] = [None] * len(masks)
+        by_size: dict[int, list[int]] = {}
+        for i, m in enumerate(masks):
+            by_size.setdefault(m.shape[1], []).append(i)
+        B = tokens.shape[0]
+        for members in by_size.values():
+            ids = torch.cat([masks[i] for i in members], 0)
+            out = self.forward_tokens(gather_tokens(tokens.repeat(len(members), 1, 1), ids), ids, grid)
+            for j, i in enumerate(members):
+                outs[i] = out[j * B : (j + 1) * B]
+        return outs  # type: ignore[return-value]
+
+    def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid) -> Tensor:
+        """Blocks + final norm on already-embedded tokens at flat grid positions ``ids``."""
+        self.attention.splits.validate(grid)
+        x = run_blocks(
+            self.blocks,
+            tokens,
+            ids,
+            grid,
+            self.attention,
+            self.attention_pattern,
+            self.head_dim,
+            activation_checkpointing=self.use_activation_checkpointing and self.training,
+        )
+        return self.norm(x)
+
+
+def vit(size: str = "vit_large", **overrides: Any) -> VisionTransformer:
+    """Build a V-JEPA 2 size by name; keyword overrides change any constructor argument."""
+    if size not in VIT_SIZES:
+        raise ValueError(f"model.size={size!r} is not known; allowed values are {', '.join(VIT_SIZES)}.")
+    dim, depth, heads, ratio, swiglu = VIT_SIZES[size]
+    kwargs: dict[str, Any] = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio, use_swiglu=swiglu)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return VisionTransformer(**kwargs)

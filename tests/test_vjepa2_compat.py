@@ -1,0 +1,176 @@
+"""Faithfulness to the official V-JEPA 2 code: key layout, RoPE quirk, encoder and predictor
+outputs against the plain restatement in vjepa2_reference.py, and the checkpoint round trip."""
+import pytest
+import torch
+
+import vjepa2_reference as ref
+from stjepa.checkpoint import CheckpointError, export_official, load_official
+from stjepa.models import VisionTransformerPredictor, vit
+from stjepa.models.rope import RopeTables, apply_rope
+
+F64 = torch.float64
+
+# Key names and shapes of the official ViT-L encoder block 0 and the predictor (from the
+# published module tree), checked against what our modules declare.
+OFFICIAL_VITL_KEYS = {
+    "patch_embed.proj.weight": (1024, 3, 2, 16, 16),
+    "patch_embed.proj.bias": (1024,),
+    "blocks.0.norm1.weight": (1024,),
+    "blocks.0.attn.qkv.weight": (3072, 1024),
+    "blocks.0.attn.qkv.bias": (3072,),
+    "blocks.0.attn.proj.weight": (1024, 1024),
+    "blocks.0.norm2.bias": (1024,),
+    "blocks.0.mlp.fc1.weight": (4096, 1024),
+    "blocks.0.mlp.fc2.weight": (1024, 4096),
+    "blocks.23.mlp.fc2.bias": (1024,),
+    "norm.weight": (1024,),
+}
+OFFICIAL_PREDICTOR_KEYS = {
+    "predictor_embed.weight": (384, 1024),
+    "mask_tokens.0": (1, 1, 384),
+    "mask_tokens.9": (1, 1, 384),
+    "predictor_blocks.11.attn.qkv.weight": (1152, 384),
+    "predictor_norm.weight": (384,),
+    "predictor_proj.weight": (1024, 384),
+    "predictor_proj.bias": (1024,),
+}
+
+
+def test_vit_large_and_predictor_key_layout_matches_official():
+    with torch.device("meta"):
+        enc = vit("vit_large")
+        pred = VisionTransformerPredictor(embed_dim=1024, predictor_embed_dim=384, depth=12, num_heads=12)
+    enc_shapes = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    pred_shapes = {k: tuple(v.shape) for k, v in pred.state_dict().items()}
+    for key, shape in OFFICIAL_VITL_KEYS.items():
+        assert enc_shapes[key] == shape, key
+    for key, shape in OFFICIAL_PREDICTOR_KEYS.items():
+        assert pred_shapes[key] == shape, key
+    assert len(enc_shapes) == 2 + 24 * 12 + 2  # patch embed, 12 tensors per block, final norm
+    D, M = 1024, 4096  # hand count: qkv, proj, fc1, fc2 with biases, two norms per block
+    per_block = (D * 3 * D + 3 * D) + (D * D + D) + (D * M + M) + (M * D + D) + 4 * D
+    patch = D * 3 * 2 * 16 * 16 + D
+    assert sum(v.numel() for v in enc.parameters()) == 24 * per_block + patch + 2 * D
+
+
+@pytest.mark.parametrize("head_dim", [64, 80, 32, 22])
+def test_rope_tables_reproduce_official_rotation(head_dim):
+    g = torch.Generator().manual_seed(0)
+    B, H, N = 2, 3, 40
+    q = torch.randn(B, H, N, head_dim, generator=g, dtype=F64)
+    t, h, w = (torch.randint(0, 16, (B, N), generator=g) for _ in range(3))
+    r = 2 * ((head_dim // 3) // 2)
+    parts = [ref.rotate_queries_or_keys(q[..., i * r : (i + 1) * r], p[:, None, :].repeat(1, H, 1).to(F64))
+             for i, p in enumerate((t, h, w))] + [q[..., 3 * r :]]
+    expected = torch.cat(parts, -1)
+    got = apply_rope(q, RopeTables.from_positions(t, h, w, head_dim, F64))
+    torch.testing.assert_close(got, expected)
+
+
+def tiny_pair(**attention):
+    torch.manual_seed(0)
+    enc = vit("vit_tiny", img_size=64, num_frames=4, depth=3, attention=attention or None).double()
+    pred = VisionTransformerPredictor(img_size=64, num_frames=4, embed_dim=192, predictor_embed_dim=96,
+                                      depth=2, num_heads=4, num_mask_tokens=3).double()
+    for p in pred.mask_tokens:  # non-zero tokens so a wrong token index would show
+        torch.nn.init.normal_(p)
+    return enc, pred
+
+
+def masks_for(batch, keep, numel, seed):
+    g = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(numel, generator=g) for _ in range(batch)]
+    return torch.stack([p[:keep] for p in perms]), torch.stack([p[keep:] for p in perms])
+
+
+def test_encoder_matches_official_forward_unmasked_and_masked():
+    enc, _ = tiny_pair()
+    x = torch.randn(2, 3, 4, 64, 64, dtype=F64)
+    sd = enc.state_dict()
+    torch.testing.assert_close(enc(x), ref.encoder_forward(sd, x, num_heads=3))
+    ctx, _ = masks_for(2, 12, 32, seed=1)
+    ctx2, _ = masks_for(2, 12, 32, seed=2)
+    expected = ref.encoder_forward(sd, x, num_heads=3, masks=[ctx, ctx2])
+    got = torch.cat(enc(x, [ctx, ctx2]), 0)
+    torch.testing.assert_close(got, expected)
+
+
+def test_encoder_on_non_square_input_matches_official():
+    enc, _ = tiny_pair()
+    x = torch.randn(1, 3, 6, 48, 80, dtype=F64)
+    torch.testing.assert_close(enc(x), ref.encoder_forward(enc.state_dict(), x, num_heads=3))
+
+
+@pytest.mark.parametrize("mask_index", [0, 2, 4])
+def test_predictor_matches_official_forward(mask_index):
+    enc, pred = tiny_pair()
+    ctx, tgt = masks_for(3, 10, 32, seed=3)
+    z = torch.randn(3, 10, 192, dtype=F64)
+    expected = ref.predictor_forward(pred.state_dict(), z, ctx, tgt, num_heads=4, grid=(2, 4, 4), mask_index=mask_index)
+    torch.testing.assert_close(pred(z, ctx, tgt, mask_index=mask_index), expected)
+
+
+def test_predictor_with_area_layers_is_batch_independent_and_order_equivariant():
+    _, pred = tiny_pair()
+    pred.set_attention(dict(kind="area", spatial_splits=2, area_end=1))
+    ctx, tgt = masks_for(3, 10, 32, seed=4)
+    z = torch.randn(3, 10, 192, dtype=F64)
+    out = pred(z, ctx, tgt)
+    for b in range(3):  # no leakage across the batch
+        torch.testing.assert_close(out[b : b + 1], pred(z[b : b + 1], ctx[b : b + 1], tgt[b : b + 1]))
+    pc, pt = torch.randperm(10), torch.randperm(22)
+    torch.testing.assert_close(pred(z[:, pc], ctx[:, pc], tgt[:, pt]), out[:, pt])
+
+
+def official_file(tmp_path, enc, pred, target):
+    path = tmp_path / "vjepa2.pt"
+    export_official(path, enc, pred, target, epoch=3, opt={})
+    return path
+
+
+def test_checkpoint_round_trip_in_official_layout(tmp_path):
+    enc, pred = tiny_pair()
+    target, _ = tiny_pair()
+    for p in target.parameters():
+        p.data.add_(0.1)
+    path = official_file(tmp_path, enc, pred, target)
+    raw = torch.load(path)
+    assert set(raw) >= {"encoder", "predictor", "target_encoder"}
+    assert all(k.startswith("module.backbone.") for k in raw["encoder"])
+    loaded = load_official(path, "vit_tiny", encoder=dict(img_size=64, num_frames=4, depth=3),
+                           predictor=dict(predictor_embed_dim=96, depth=2, num_heads=4))
+    assert loaded["predictor"].mask_tokens.__len__() == 3  # sized from the file
+    x = torch.randn(1, 3, 4, 64, 64)
+    for name, original in (("encoder", enc), ("target_encoder", target)):
+        torch.testing.assert_close(loaded[name](x), original.float()(x))
+    ctx, tgt = masks_for(1, 10, 32, seed=5)
+    z = torch.randn(1, 10, 192)
+    torch.testing.assert_close(loaded["predictor"](z, ctx, tgt), pred.float()(z, ctx, tgt))
+
+
+def test_official_checkpoint_loads_into_area_model(tmp_path):
+    enc, pred = tiny_pair()
+    path = official_file(tmp_path, enc, pred, enc)
+    area = dict(kind="area", temporal_splits=2, spatial_splits=2)
+    loaded = load_official(path, "vit_tiny", encoder=dict(img_size=64, num_frames=4, depth=3, attention=area),
+                           predictor=dict(predictor_embed_dim=96, depth=2, num_heads=4), keys=("target_encoder",))
+    assert loaded["target_encoder"].attention_pattern == (True, True, False)
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    enc, pred = tiny_pair()
+    path = official_file(tmp_path, enc, pred, enc)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_official(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match=r"missing \(.*blocks\.3\..*"):
+        load_official(path, "vit_tiny", encoder=dict(depth=4), keys=("encoder",))
+    with pytest.raises(CheckpointError, match=r"mis-shaped .*file \(192,\), model \(384,\)"):
+        load_official(path, "vit_small", encoder=dict(depth=3, num_heads=3), keys=("encoder",))
+    raw = torch.load(path)
+    del raw["target_encoder"]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="no 'target_encoder' entry"):
+        load_official(path, "vit_tiny", encoder=dict(depth=3))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_official(path)
