@@ -1,0 +1,184 @@
+"""Forward+backward time of the attention core and of one encoder layer, full vs area attention.
+
+Token counts follow the published ST-A² sweep (25% of the tokens of 256px/16f, 384px/16f,
+256px/64f and 384px/64f visible) plus the unmasked 384px/64f grid; ViT-L heads (16 x 64).
+bf16 on CUDA, fp32 on CPU. Ratios are area time / full time measured in the same run.
+
+Masks: ``random`` keeps a uniform 25% of tokens per clip (areas come out unequal, as with
+V-JEPA masks: the varlen/padded paths); ``balanced`` keeps the same number of tokens in every
+area (the equal-area fast path).
+
+    python scripts/bench_attention.py                       # all sizes that suit the device
+    python scripts/bench_attention.py --sizes 256px/16f --iters 5 --csv out.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stjepa.models.area import AreaLayout, AreaSplits, area_index, attend  # noqa: E402
+from stjepa.models.layers import Block  # noqa: E402
+from stjepa.models.rope import RopeTables  # noqa: E402
+from stjepa.models.sequence import grid_positions  # noqa: E402
+from stjepa.utils.timing import describe_device, git_commit, time_ms  # noqa: E402
+
+GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
+    "256px/16f": ((8, 16, 16), 0.25),
+    "384px/16f": ((8, 24, 24), 0.25),
+    "256px/64f": ((32, 16, 16), 0.25),
+    "384px/64f": ((32, 24, 24), 0.25),
+    "384px/64f-full": ((32, 24, 24), 1.0),
+}
+LAYOUTS = {"full": None, "2x2": AreaSplits(1, 2, 2), "2x2x2": AreaSplits(2, 2, 2), "4x2x2": AreaSplits(4, 2, 2)}
+HEADS, HEAD_DIM = 16, 64
+
+
+def visible_ids(grid, fraction, batch, splits, mode, seed=0):
+    """(B, K) visible token ids: uniform random, or the same count in every area."""
+    g = torch.Generator().manual_seed(seed)
+    numel = grid[0] * grid[1] * grid[2]
+    keep = int(numel * fraction)
+    if fraction >= 1.0:
+        return torch.arange(numel).expand(batch, numel).clone()
+    if mode == "random" or splits is None:
+        return torch.stack([torch.randperm(numel, generator=g)[:keep].sort().values for _ in range(batch)])
+    area = area_index(*grid_positions(torch.arange(numel), grid), grid, splits)
+    per_area = keep // splits.num_areas
+    rows = []
+    for _ in range(batch):
+        picks = [torch.nonzero(area == a).flatten() for a in range(splits.num_areas)]
+        rows.append(torch.cat([p[torch.randperm(len(p), generator=g)[:per_area]] for p in picks]).sort().values)
+    return torch.stack(rows)
+
+
+def build_layout(ids, grid, splits, backend, device):
+    """Sort tokens by area (as the encoder does once per forward) and build the layout."""
+    t, h, w = grid_positions(ids, grid)
+    if splits is None:
+        return None, ids, (t, h, w)
+    area = area_index(t, h, w, grid, splits)
+    order = (area * grid[0] * grid[1] * grid[2] + ids).argsort(1)
+    area = area.gather(1, order).to(device)
+    return AreaLayout(area, splits.num_areas, backend), ids.gather(1, order), tuple(z.gather(1, order) for z in (t, h, w))
+
+
+def backends_for(device, tokens, layout_name, mask_mode):
+    if layout_name == "full":
+        return ["-"]
+    names = ["auto", "padded"]
+    if device.type == "cuda":
+        names += ["varlen", "flex"]
+    if tokens <= 8192:
+        names.append("dense")
+    if mask_mode == "balanced":
+        names.append("equal")
+    return names
+
+
+def run(args):
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    commit = git_commit()
+    for size in args.sizes:
+        grid, fraction = GRIDS[size]
+        for mask_mode in args.masks:
+            if fraction >= 1.0 and mask_mode == "balanced":
+                continue  # the full grid is balanced already
+            full_time: dict[str, float] = {}
+            for layout_name in args.layouts:
+                splits = LAYOUTS[layout_name]
+                ids = visible_ids(grid, fraction, args.batch, splits, mask_mode).to(device)
+                N = ids.shape[1]
+                for backend in backends_for(device, N, layout_name, mask_mode):
+                    try:
+                        layout, _, pos = build_layout(ids, grid, splits, backend if backend != "-" else "auto", device)
+                    except ValueError as exc:  # e.g. 'equal' on unequal areas
+                        print(f"skip {size} {layout_name} {backend}: {exc}")
+                        continue
+                    build = time_ms(lambda: build_layout(ids, grid, splits, backend if backend != "-" else "auto", device),
+                                    device, warmup=1, iters=3)["median_ms"] if layout is not None else 0.0
+                    rope = RopeTables.from_positions(*pos, HEAD_DIM, dtype)
+                    for part in args.parts:
+                        fn = make_step(part, args.batch, N, layout, rope, device, dtype)
+                        t = time_ms(fn, device, warmup=args.warmup, iters=args.iters)
+                        key = f"{part}"
+                        if layout_name == "full":
+                            full_time[key] = t["median_ms"]
+                        ratio = t["median_ms"] / full_time[key] if key in full_time else float("nan")
+                        row = dict(
+                            device=describe_device(device), dtype=str(dtype).replace("torch.", ""), commit=commit,
+                            size=size, tokens=N, batch=args.batch, mask=mask_mode, layout=layout_name,
+                            areas=splits.num_areas if splits else 1,
+                            backend=layout.backend if layout is not None else "sdpa",
+                            requested=backend, part=part, median_ms=round(t["median_ms"], 4),
+                            min_ms=round(t["min_ms"], 4), layout_build_ms=round(build, 4),
+                            ratio_vs_full=round(ratio, 3),
+                        )
+                        rows.append(row)
+                        print(f"{size:>15} {mask_mode:>8} N={N:>5} {layout_name:>6} {row['backend']:>7} "
+                              f"({backend:>6}) {part:>5}: {t['median_ms']:9.3f} ms  x{ratio:.3f} of full", flush=True)
+                    del layout
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+    return rows
+
+
+def make_step(part, batch, tokens, layout, rope, device, dtype):
+    """A closure doing forward + backward of the attention core or of a whole block."""
+    if part == "core":
+        q, k, v = (torch.randn(batch, HEADS, tokens, HEAD_DIM, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        grad = torch.randn(batch, HEADS, tokens, HEAD_DIM, device=device, dtype=dtype)
+
+        def step():
+            attend(q, k, v, layout).backward(grad)
+            q.grad = k.grad = v.grad = None
+
+        return step
+    block = Block(HEADS * HEAD_DIM, HEADS).to(device)
+    x = torch.randn(batch, tokens, HEADS * HEAD_DIM, device=device, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = block(x, rope, layout)
+        out.float().backward(grad)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return step
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--sizes", nargs="+", choices=list(GRIDS),
+                   default=list(GRIDS) if cuda else ["256px/16f", "384px/16f", "256px/64f", "384px/64f"])
+    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["full", "2x2", "2x2x2"])
+    p.add_argument("--masks", nargs="+", choices=["random", "balanced"], default=["random", "balanced"])
+    p.add_argument("--parts", nargs="+", choices=["core", "layer"], default=["core", "layer"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3 if cuda else 1)
+    p.add_argument("--iters", type=int, default=20 if cuda else 3)
+    p.add_argument("--csv", default="bench_attention.csv")
+    args = p.parse_args(argv)
+    if args.layouts[0] != "full":
+        args.layouts = ["full"] + [x for x in args.layouts if x != "full"]  # ratios need the baseline first
+    rows = run(args)
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

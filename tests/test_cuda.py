@@ -1,0 +1,39 @@
+"""CUDA-only paths: varlen and compiled flex backends (with gradients) and bf16 encoder runs.
+Skipped without a GPU; run them on a GPU machine before publishing GPU figures."""
+import pytest
+import torch
+
+from stjepa.models import AreaLayout, vit
+from test_area_attention import qkv, reference_area_attention, uneven_areas
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("backend", ["varlen", "flex", "padded", "equal_or_auto"])
+def test_cuda_backends_match_reference_in_bf16(backend):
+    area = uneven_areas(batch=3, tokens=200, num_areas=6).cuda()
+    q, k, v = (t.detach().cuda().to(torch.bfloat16).requires_grad_() for t in qkv((3, 4, 200, 64)))
+    ref = reference_area_attention(q.float(), k.float(), v.float(), area)
+    layout = AreaLayout(area, 6, "auto" if backend == "equal_or_auto" else backend)
+    out = layout.attend(q, k, v)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out.float(), (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_bf16_area_encoder_close_to_fp32_dense():
+    torch.manual_seed(0)
+    cfg = dict(kind="area", temporal_splits=2, spatial_splits=2)
+    fast = vit("vit_small", img_size=128, num_frames=8, attention=cfg).cuda()
+    ref = vit("vit_small", img_size=128, num_frames=8, attention=dict(cfg, backend="dense")).cuda()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 8, 128, 128, device="cuda")
+    masks = torch.stack([torch.randperm(256, device="cuda")[:70] for _ in range(2)])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fast(x, masks)
+    want = ref(x, masks)
+    assert (out.float() - want).abs().mean() < 3e-2
+    assert fast(x).shape == (2, 256, 384)  # the unmasked grid takes the equal-area path

@@ -1,0 +1,97 @@
+"""Bad settings and inputs give one clear ValueError; FLOP counts against a hand count;
+activation checkpointing and image inputs."""
+import pytest
+import torch
+
+from stjepa.models import AttentionConfig, VisionTransformerPredictor, vit
+from stjepa.models.flops import encoder_flops, predictor_flops
+
+
+def tiny(**kw):
+    return vit("vit_tiny", img_size=64, num_frames=4, depth=4, **kw)
+
+
+@pytest.mark.parametrize(
+    "attention, message",
+    [
+        (dict(kind="area", spatial_splits=0), r"attention.spatial_splits must be an integer >= 1"),
+        (dict(kind="area", temporal_splits=0), r"attention.temporal_splits must be an integer >= 1"),
+        (dict(kind="area", height_splits=5), r"attention.height_splits=5 is more splits than the 4 grid cells"),
+        (dict(kind="area", temporal_splits=3), r"attention.temporal_splits=3 is more splits than the 2 grid cells"),
+        (dict(kind="area", backend="magic"), r"attention.backend='magic' is not known; allowed values are auto"),
+        (dict(kind="sparse"), r"attention.kind='sparse' is not known"),
+        (dict(kind="area", area_end=9), r"area_end=9 do not fit a depth of 4"),
+        (dict(kind="area", area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
+        (dict(kind="area", area_layers=[0, 7]), r"area_layers=\[0, 7\] does not fit a depth of 4"),
+        (dict(kind="area", spatial_split=2), r"attention.spatial_split is not an attention setting"),
+    ],
+)
+def test_bad_attention_settings(attention, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(attention=attention)
+
+
+def test_bad_inputs():
+    model = tiny()
+    with pytest.raises(ValueError, match="frames_per_clip=3 must be a multiple of model.tubelet_size=2"):
+        model(torch.randn(1, 3, 3, 64, 64))
+    with pytest.raises(ValueError, match="input height 60 must be a multiple of model.patch_size=16"):
+        model(torch.randn(1, 3, 4, 60, 64))
+    with pytest.raises(ValueError, match=r"mask indices must lie in 0..31 .* got values in 0..32"):
+        model(torch.randn(1, 3, 4, 64, 64), torch.tensor([[0, 32]]))
+    with pytest.raises(ValueError, match="mask indices must be a \\(batch, tokens\\) integer tensor"):
+        model(torch.randn(1, 3, 4, 64, 64), torch.tensor([0.0, 1.0]))
+    area = tiny(attention=dict(kind="area", spatial_splits=4))
+    with pytest.raises(ValueError, match="spatial|height_splits=4 is more splits than the 2"):
+        area(torch.randn(1, 3, 4, 32, 32))  # a smaller input than the model was built for
+    with pytest.raises(ValueError, match="backend='equal' needs every area to hold the same number"):
+        tiny(attention=dict(kind="area", spatial_splits=2, backend="equal"))(
+            torch.randn(1, 3, 4, 64, 64), torch.tensor([[0, 1, 2]])
+        )
+
+
+def test_area_pattern_defaults_scale_with_depth():
+    assert AttentionConfig(kind="area").pattern(24) == (True,) * 18 + (False,) * 6
+    assert AttentionConfig(kind="area").pattern(12) == (True,) * 9 + (False,) * 3
+    assert AttentionConfig(kind="area", area_layers=[1, 3]).pattern(4) == (False, True, False, True)
+    assert AttentionConfig(kind="full", area_end=3).pattern(4) == (False,) * 4
+
+
+def test_flops_hand_count():
+    model = vit("vit_tiny", img_size=32, num_frames=2, depth=2, attention=dict(kind="area", spatial_splits=2, area_end=1))
+    D, M, N, B = 192, 768, 4, 3  # 2x2 tokens per clip, batch 3
+    f = encoder_flops(model, B, (1, 2, 2))
+    linear_per_token = 2 * (D * 3 * D + D * D + D * M + M * D)  # one layer, 2 FLOPs per multiply-add
+    patch = 2 * B * N * (3 * 2 * 16 * 16 * D)
+    assert f.linear == 2 * B * N * linear_per_token + patch  # 2 layers
+    # layer 0: four areas of one token -> B * 4 * 1^2 pairs; layer 1: global -> B * 4^2 pairs
+    assert f.attention == 4 * D * (B * 4) + 4 * D * (B * 16)
+    assert f.attention_if_full == 2 * 4 * D * (B * 16)
+
+    pred = VisionTransformerPredictor(img_size=32, num_frames=2, embed_dim=D, predictor_embed_dim=32,
+                                      depth=1, num_heads=2)
+    mx, my = torch.tensor([[0, 3]]), torch.tensor([[1]])
+    fp = predictor_flops(pred, mx, my, (1, 2, 2))
+    P = 32
+    assert fp.linear == 2 * (2 * D * P + 1 * P * D) + 2 * 3 * (P * 3 * P + P * P + 2 * P * 4 * P)
+    assert fp.attention == 4 * P * 9
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    a = tiny(attention=dict(kind="area", spatial_splits=2))
+    b = tiny(attention=dict(kind="area", spatial_splits=2), use_activation_checkpointing=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 4, 64, 64)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_images_are_one_tubelet_clips():
+    model = tiny()
+    img = torch.randn(2, 3, 64, 64)
+    clip = img.unsqueeze(2).repeat(1, 1, 2, 1, 1)
+    torch.testing.assert_close(model(img), model(clip))
+    assert model(img).shape == (2, 16, 192)
