@@ -109,7 +109,7 @@ def random_masks(batch, keep, numel, seed):
 @pytest.mark.parametrize("backend", ["padded"])
 @pytest.mark.parametrize("reorder", ["once", "per_layer"])
 def test_encoder_backends_match_dense_outputs_and_grads(backend, reorder):
-    cfg = dict(kind="area", temporal_splits=2, spatial_splits=2, area_end=3, reorder=reorder)
+    cfg = dict(temporal_splits=2, spatial_splits=2, area_end=3, reorder=reorder)
     model = small_encoder(**cfg, backend=backend)
     ref_model = small_encoder(**cfg, backend="dense")
     ref_model.load_state_dict(model.state_dict())
@@ -125,7 +125,7 @@ def test_encoder_backends_match_dense_outputs_and_grads(backend, reorder):
 
 
 def test_sorting_once_equals_sorting_in_every_layer():
-    cfg = dict(kind="area", temporal_splits=2, spatial_splits=2, area_start=1, area_end=4)
+    cfg = dict(temporal_splits=2, spatial_splits=2, area_start=1, area_end=4)
     once = small_encoder(**cfg, reorder="once")
     per_layer = small_encoder(**cfg, reorder="per_layer")
     per_layer.load_state_dict(once.state_dict())
@@ -136,26 +136,28 @@ def test_sorting_once_equals_sorting_in_every_layer():
 
 
 def test_output_follows_caller_order():
-    model = small_encoder(kind="area", spatial_splits=2)
+    model = small_encoder(spatial_splits=2)
     x = torch.randn(2, 3, 4, 64, 64, dtype=F64)
     masks = random_masks(2, 17, 32, seed=4)
     perm = torch.randperm(17)
     torch.testing.assert_close(model(x, masks)[:, perm], model(x, masks[:, perm]))
 
 
-def test_one_area_is_full_attention():
-    full = small_encoder()
-    one_area = small_encoder(kind="area", temporal_splits=1, spatial_splits=1, area_end=4)
-    one_area.load_state_dict(full.state_dict(), strict=True)
-    x = torch.randn(2, 3, 4, 64, 64, dtype=F64)
-    masks = random_masks(2, 13, 32, seed=5)
-    torch.testing.assert_close(one_area(x, masks), full(x, masks))
-    torch.testing.assert_close(one_area(x), full(x))
+@pytest.mark.parametrize("backend", ["auto", "dense", "padded", "equal"])
+def test_one_area_is_full_attention(backend):
+    q, k, v = qkv((2, 3, 17, 8))
+    layout = AreaLayout(torch.zeros(2, 17, dtype=torch.long), num_areas=1, backend=backend)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).softmax(-1)  # plain global attention
+    torch.testing.assert_close(layout.attend(q, k, v), scores @ v)
+
+
+def test_single_area_config_runs_global_layers():
+    assert small_encoder(temporal_splits=1, spatial_splits=1, area_end=4).attention_pattern == (False,) * 4
 
 
 def test_full_weights_load_strictly_into_area_model_and_area_changes_function():
     full = small_encoder()
-    area = small_encoder(kind="area", temporal_splits=2, spatial_splits=2)
+    area = small_encoder(temporal_splits=2, spatial_splits=2)
     area.load_state_dict(full.state_dict(), strict=True)
     assert full.state_dict().keys() == area.state_dict().keys()
     x = torch.randn(1, 3, 4, 64, 64, dtype=F64)
@@ -164,7 +166,7 @@ def test_full_weights_load_strictly_into_area_model_and_area_changes_function():
 
 def test_area_attention_is_block_local_in_the_encoder():
     # changing the pixels of one area must not move features of another area in the first layer
-    model = vit("vit_tiny", img_size=64, num_frames=2, depth=1, attention=dict(kind="area", spatial_splits=2, area_end=1))
+    model = vit("vit_tiny", img_size=64, num_frames=2, depth=1, attention=dict(spatial_splits=2, area_end=1))
     model = model.double().eval()
     x = torch.randn(1, 3, 2, 64, 64, dtype=F64)
     y = x.clone()

@@ -26,7 +26,7 @@ def test_cuda_backends_match_reference_in_bf16(backend):
 
 def test_bf16_area_encoder_close_to_fp32_dense():
     torch.manual_seed(0)
-    cfg = dict(kind="area", temporal_splits=2, spatial_splits=2)
+    cfg = dict(temporal_splits=2, spatial_splits=2)
     fast = vit("vit_small", img_size=128, num_frames=8, attention=cfg).cuda()
     ref = vit("vit_small", img_size=128, num_frames=8, attention=dict(cfg, backend="dense")).cuda()
     ref.load_state_dict(fast.state_dict())

@@ -14,16 +14,15 @@ def tiny(**kw):
 @pytest.mark.parametrize(
     "attention, message",
     [
-        (dict(kind="area", spatial_splits=0), r"attention.spatial_splits must be an integer >= 1"),
-        (dict(kind="area", temporal_splits=0), r"attention.temporal_splits must be an integer >= 1"),
-        (dict(kind="area", height_splits=5), r"attention.height_splits=5 is more splits than the 4 grid cells"),
-        (dict(kind="area", temporal_splits=3), r"attention.temporal_splits=3 is more splits than the 2 grid cells"),
-        (dict(kind="area", backend="magic"), r"attention.backend='magic' is not known; allowed values are auto"),
-        (dict(kind="sparse"), r"attention.kind='sparse' is not known"),
-        (dict(kind="area", area_end=9), r"area_end=9 do not fit a depth of 4"),
-        (dict(kind="area", area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
-        (dict(kind="area", area_layers=[0, 7]), r"area_layers=\[0, 7\] does not fit a depth of 4"),
-        (dict(kind="area", spatial_split=2), r"attention.spatial_split is not an attention setting"),
+        (dict(spatial_splits=0), r"attention.spatial_splits must be an integer >= 1"),
+        (dict(temporal_splits=0), r"attention.temporal_splits must be an integer >= 1"),
+        (dict(height_splits=5), r"attention.height_splits=5 is more splits than the 4 grid cells"),
+        (dict(temporal_splits=3), r"attention.temporal_splits=3 is more splits than the 2 grid cells"),
+        (dict(backend="magic"), r"attention.backend='magic' is not known; allowed values are auto"),
+        (dict(area_end=9), r"area_end=9 do not fit a depth of 4"),
+        (dict(area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
+        (dict(area_layers=[0, 7]), r"area_layers=\[0, 7\] does not fit a depth of 4"),
+        (dict(spatial_split=2), r"attention.spatial_split is not an attention setting"),
     ],
 )
 def test_bad_attention_settings(attention, message):
@@ -41,24 +40,26 @@ def test_bad_inputs():
         model(torch.randn(1, 3, 4, 64, 64), torch.tensor([[0, 32]]))
     with pytest.raises(ValueError, match="mask indices must be a \\(batch, tokens\\) integer tensor"):
         model(torch.randn(1, 3, 4, 64, 64), torch.tensor([0.0, 1.0]))
-    area = tiny(attention=dict(kind="area", spatial_splits=4))
+    area = tiny(attention=dict(spatial_splits=4))
     with pytest.raises(ValueError, match="spatial|height_splits=4 is more splits than the 2"):
         area(torch.randn(1, 3, 4, 32, 32))  # a smaller input than the model was built for
     with pytest.raises(ValueError, match="backend='equal' needs every area to hold the same number"):
-        tiny(attention=dict(kind="area", spatial_splits=2, backend="equal"))(
+        tiny(attention=dict(spatial_splits=2, backend="equal"))(
             torch.randn(1, 3, 4, 64, 64), torch.tensor([[0, 1, 2]])
         )
 
 
 def test_area_pattern_defaults_scale_with_depth():
-    assert AttentionConfig(kind="area").pattern(24) == (True,) * 18 + (False,) * 6
-    assert AttentionConfig(kind="area").pattern(12) == (True,) * 9 + (False,) * 3
-    assert AttentionConfig(kind="area", area_layers=[1, 3]).pattern(4) == (False, True, False, True)
-    assert AttentionConfig(kind="full", area_end=3).pattern(4) == (False,) * 4
+    assert AttentionConfig(spatial_splits=2).pattern(24) == (True,) * 18 + (False,) * 6
+    assert AttentionConfig(temporal_splits=2).pattern(12) == (True,) * 9 + (False,) * 3
+    assert AttentionConfig(spatial_splits=2, area_layers=[1, 3]).pattern(4) == (False, True, False, True)
+    assert AttentionConfig(area_end=3).pattern(4) == (False,) * 4  # one area: every layer global
+    assert AttentionConfig(spatial_splits=2, area_layers=[1, 3]).tag == "area-t1h2w2-L1,3"
+    assert AttentionConfig(height_splits=1, width_splits=4, area_end=6).tag == "area-t1h1w4-L0:6"
 
 
 def test_flops_hand_count():
-    model = vit("vit_tiny", img_size=32, num_frames=2, depth=2, attention=dict(kind="area", spatial_splits=2, area_end=1))
+    model = vit("vit_tiny", img_size=32, num_frames=2, depth=2, attention=dict(spatial_splits=2, area_end=1))
     D, M, N, B = 192, 768, 4, 3  # 2x2 tokens per clip, batch 3
     f = encoder_flops(model, B, (1, 2, 2))
     linear_per_token = 2 * (D * 3 * D + D * D + D * M + M * D)  # one layer, 2 FLOPs per multiply-add
@@ -79,8 +80,8 @@ def test_flops_hand_count():
 
 def test_activation_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
-    a = tiny(attention=dict(kind="area", spatial_splits=2))
-    b = tiny(attention=dict(kind="area", spatial_splits=2), use_activation_checkpointing=True)
+    a = tiny(attention=dict(spatial_splits=2))
+    b = tiny(attention=dict(spatial_splits=2), use_activation_checkpointing=True)
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 4, 64, 64)
     a(x).sum().backward()

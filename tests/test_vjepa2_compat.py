@@ -112,7 +112,7 @@ def test_predictor_matches_official_forward(mask_index):
 
 def test_predictor_with_area_layers_is_batch_independent_and_order_equivariant():
     _, pred = tiny_pair()
-    pred.set_attention(dict(kind="area", spatial_splits=2, area_end=1))
+    pred.set_attention(dict(spatial_splits=2, area_end=1))
     ctx, tgt = masks_for(3, 10, 32, seed=4)
     z = torch.randn(3, 10, 192, dtype=F64)
     out = pred(z, ctx, tgt)
@@ -151,7 +151,7 @@ def test_checkpoint_round_trip_in_official_layout(tmp_path):
 def test_official_checkpoint_loads_into_area_model(tmp_path):
     enc, pred = tiny_pair()
     path = official_file(tmp_path, enc, pred, enc)
-    area = dict(kind="area", temporal_splits=2, spatial_splits=2)
+    area = dict(temporal_splits=2, spatial_splits=2)
     loaded = load_official(path, "vit_tiny", encoder=dict(img_size=64, num_frames=4, depth=3, attention=area),
                            predictor=dict(predictor_embed_dim=96, depth=2, num_heads=4), keys=("target_encoder",))
     assert loaded["target_encoder"].attention_pattern == (True, True, False)

@@ -6,7 +6,6 @@ from typing import Any, Mapping, Sequence
 
 from .area import BACKENDS, AreaSplits
 
-KINDS = ("full", "area")
 REORDERS = ("once", "per_layer")
 DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT-L, the rest global
 
@@ -15,14 +14,14 @@ DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT
 class AttentionConfig:
     """Attention layout of one transformer (encoder or predictor).
 
-    ``kind='full'`` makes every layer global. ``kind='area'`` makes layers
-    ``[area_start, area_end)`` area layers (``area_end`` defaults to 18/24 of the depth), or
-    exactly ``area_layers`` when that list is given. ``spatial_splits`` sets height and width
-    splits together. ``reorder='once'`` sorts tokens by area once per forward;
+    With more than one area (any split > 1), layers ``[area_start, area_end)`` use area
+    attention (``area_end`` defaults to 18/24 of the depth), or exactly ``area_layers`` when
+    that list is given; all other layers are global. With one area every layer is global
+    (one area is the same function as full attention). ``spatial_splits`` sets height and
+    width splits together. ``reorder='once'`` sorts tokens by area once per forward;
     ``'per_layer'`` sorts inside every area layer as the published ST-A² code did.
     """
 
-    kind: str = "full"
     temporal_splits: int = 1
     height_splits: int = 1
     width_splits: int = 1
@@ -34,13 +33,11 @@ class AttentionConfig:
     reorder: str = "once"
 
     @classmethod
-    def create(cls, value: "AttentionConfig | Mapping[str, Any] | str | None") -> "AttentionConfig":
+    def create(cls, value: "AttentionConfig | Mapping[str, Any] | None") -> "AttentionConfig":
         if value is None:
             return cls()
         if isinstance(value, AttentionConfig):
             return value
-        if isinstance(value, str):
-            return cls(kind=value)
         known = [f.name for f in fields(cls)]
         kwargs = dict(value)
         unknown = sorted(set(kwargs) - set(known))
@@ -56,10 +53,24 @@ class AttentionConfig:
         w = self.width_splits if self.spatial_splits is None else self.spatial_splits
         return AreaSplits(self.temporal_splits, h, w)
 
+    @property
+    def is_area(self) -> bool:
+        return self.splits.num_areas > 1
+
+    @property
+    def tag(self) -> str:
+        """Short name of the layout, e.g. 'full' or 'area-t2h2w2-L0:18' (for run names and tags)."""
+        if not self.is_area:
+            return "full"
+        s = self.splits
+        layers = f"L{','.join(map(str, self.area_layers))}" if self.area_layers is not None else (
+            f"L{self.area_start}:{'auto' if self.area_end is None else self.area_end}")
+        return f"area-t{s.temporal}h{s.height}w{s.width}-{layers}"
+
     def pattern(self, depth: int) -> tuple[bool, ...]:
         """True for each layer that uses area attention."""
         self.validate(depth)
-        if self.kind == "full":
+        if not self.is_area:
             return (False,) * depth
         if self.area_layers is not None:
             chosen = set(self.area_layers)
@@ -74,8 +85,6 @@ class AttentionConfig:
 
     def validate(self, depth: int, grid: tuple[int, int, int] | None = None) -> None:
         """Raise ValueError naming the first bad setting."""
-        if self.kind not in KINDS:
-            raise ValueError(f"attention.kind={self.kind!r} is not known; allowed values are {', '.join(KINDS)}.")
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"attention.backend={self.backend!r} is not known; allowed values are {', '.join(BACKENDS)}."
@@ -87,8 +96,6 @@ class AttentionConfig:
         if self.spatial_splits is not None and (not isinstance(self.spatial_splits, int) or self.spatial_splits < 1):
             raise ValueError(f"attention.spatial_splits must be an integer >= 1, got {self.spatial_splits!r}.")
         self.splits.validate(grid)
-        if self.kind == "full":
-            return
         if self.area_layers is not None:
             bad = [i for i in self.area_layers if not 0 <= i < depth]
             if bad or not self.area_layers:

@@ -38,7 +38,7 @@ class VisionTransformerPredictor(nn.Module):
         init_std: float = 0.02,
         num_mask_tokens: int = 10,
         zero_init_mask_tokens: bool = True,
-        attention: AttentionConfig | Mapping[str, Any] | str | None = None,
+        attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
     ):
         super().__init__()
@@ -81,7 +81,7 @@ class VisionTransformerPredictor(nn.Module):
         t = max(self.num_frames // self.tubelet_size, 1)
         return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
 
-    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | str | None) -> None:
+    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | None) -> None:
         config = AttentionConfig.create(attention)
         self.attention_pattern = config.pattern(self.depth)
         config.validate(self.depth, self.default_grid)

@@ -81,7 +81,7 @@ class VisionTransformer(nn.Module):
         use_swiglu: bool = False,
         norm_eps: float = 1e-6,
         init_std: float = 0.02,
-        attention: AttentionConfig | Mapping[str, Any] | str | None = None,
+        attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
     ):
         super().__init__()
@@ -116,7 +116,7 @@ class VisionTransformer(nn.Module):
         t = max(self.num_frames // self.tubelet_size, 1)
         return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
 
-    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | str | None) -> None:
+    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | None) -> None:
         """Switch the attention layout; parameters are unaffected."""
         config = AttentionConfig.create(attention)
         self.attention_pattern = config.pattern(self.depth)

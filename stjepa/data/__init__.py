@@ -1,0 +1,1 @@
+"""Video data: synthetic moving-shapes clips (``stjepa.data.synthetic``)."""

@@ -1,0 +1,238 @@
+"""Seeded "moving shapes" videos, generated on the fly.
+
+One clip shows a single flat-coloured shape (circle, square or upright triangle) on a flat
+background, moving in a straight line and bouncing off the frame borders. The motion
+direction is one of ``DIRECTIONS`` angles, so a ``direction`` label can only be read from
+how the frames change over time: a probe on a pretrained video encoder should beat one on a
+random encoder.
+
+Conventions (image coordinates): ``x`` is the column index, growing to the right; ``y`` is
+the row index, growing downwards. Direction ``k`` has angle ``k * 45`` degrees measured
+counter-clockwise *as seen on screen* from the +x axis, so 0 = right, 2 = up (y decreases),
+4 = left, 6 = down (y increases), and the odd ones are the diagonals in between. The unit
+motion vector is ``(dy, dx) = (-sin(angle), cos(angle))``.
+
+The renderer (:func:`sample_params`, :func:`render_clip`) does not depend on the Dataset,
+so the same clips can be written to video files.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = 8  # angle k * 45 degrees, k in 0..7
+SPEEDS = (1.0, 2.5)  # pixels per frame at 64 px (slow, fast); scaled by size / 64
+LABEL_TASKS = ("direction", "shape", "speed", "shape_direction")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+NOISE = 6  # default per-pixel noise: uniform integer in [-NOISE, NOISE] on the 0..255 scale
+RADIUS_RANGE = (0.09, 0.15)  # shape size as a fraction of the frame side
+START_RANGE = (0.2, 0.8)  # start centre as a fraction of the frame, per axis
+MIN_CONTRAST = 0.3  # every colour channel differs from the background by at least this much
+
+# Half-side of the square and circumradius of the triangle relative to ``radius``, chosen so
+# all three shapes have the area of the circle (pi r^2): the pixel count says nothing of the shape.
+_SQUARE_HALF = math.sqrt(math.pi) / 2.0
+_TRIANGLE_R = math.sqrt(4.0 * math.pi / (3.0 * math.sqrt(3.0)))
+# How far each shape reaches from its centre along y and x (the bounce keeps it inside the frame).
+_EXTENT = {"circle": 1.0, "square": _SQUARE_HALF, "triangle": _TRIANGLE_R}
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    shape: int  # index into SHAPES
+    direction: int  # 0..DIRECTIONS-1, see the module docstring for the convention
+    speed: int  # index into SPEEDS
+    color: tuple[float, float, float]  # RGB in [0, 1]
+    background: tuple[float, float, float]  # RGB in [0, 1]
+    start: tuple[float, float]  # (y, x) start centre as a fraction of the frame
+    radius: float  # shape size as a fraction of the frame side
+
+
+def _stable_seed(*values: object) -> int:
+    """A 63-bit seed from the repr of ``values``; unlike ``hash`` it is the same in every process."""
+    digest = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def direction_vector(direction: int) -> tuple[float, float]:
+    """Unit motion vector ``(dy, dx)`` in image coordinates for a direction index."""
+    angle = 2.0 * math.pi * direction / DIRECTIONS
+    return -math.sin(angle), math.cos(angle)
+
+
+def sample_params(generator: torch.Generator) -> ClipParams:
+    """Draw the parameters of one clip; all randomness comes from ``generator``."""
+    ints = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
+    u = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
+    color = tuple(u[0:3])
+    # Offsetting each channel by 0.3..0.7 (mod 1) keeps every channel >= MIN_CONTRAST away.
+    background = tuple((c + MIN_CONTRAST + o * (1.0 - 2.0 * MIN_CONTRAST)) % 1.0 for c, o in zip(color, u[3:6]))
+    lo, hi = START_RANGE
+    r_lo, r_hi = RADIUS_RANGE
+    return ClipParams(
+        shape=ints[0] % len(SHAPES),
+        direction=ints[1] % DIRECTIONS,
+        speed=ints[2] % len(SPEEDS),
+        color=color,  # type: ignore[arg-type]
+        background=background,  # type: ignore[arg-type]
+        start=(lo + (hi - lo) * u[6], lo + (hi - lo) * u[7]),
+        radius=r_lo + (r_hi - r_lo) * u[8],
+    )
+
+
+def _reflect(p: Tensor, lo: float, hi: float) -> Tensor:
+    """Fold positions into [lo, hi] as a ball bouncing between two walls (triangle wave)."""
+    length = hi - lo
+    if length <= 0:  # shape as big as the frame: it cannot move
+        return torch.full_like(p, (lo + hi) / 2.0)
+    u = torch.remainder(p - lo, 2.0 * length)
+    return lo + length - (u - length).abs()
+
+
+def render_clip(
+    params: ClipParams, frames: int, size: int, frame_step: float = 1.0, *, noise: int = NOISE
+) -> Tensor:
+    """Render one clip as a uint8 tensor ``(T, H, W, 3)`` with ``T = frames`` and ``H = W = size``.
+
+    The shape centre at frame ``i`` is ``start + i * frame_step * speed * unit_vector`` (in
+    pixels, with ``speed = SPEEDS[params.speed] * size / 64`` and the unit vector of the module
+    docstring), reflected at the borders so the whole shape stays in view. ``noise`` adds
+    uniform integer noise in ``[-noise, noise]`` per pixel and channel, seeded from ``params``
+    (so the same params always give the same clip); ``noise=0`` gives flat colours.
+    """
+    if frames < 1 or size < 1:
+        raise ValueError(f"render_clip needs frames >= 1 and size >= 1, got frames={frames}, size={size}.")
+    name = SHAPES[params.shape]
+    r = params.radius * size
+    margin = r * _EXTENT[name]
+    speed = SPEEDS[params.speed] * size / 64.0
+    dy, dx = direction_vector(params.direction)
+
+    # Continuous pixel coordinates: pixel j covers [j, j + 1], so its centre is j + 0.5.
+    t = torch.arange(frames, dtype=torch.float32) * (frame_step * speed)
+    cy = _reflect(params.start[0] * size + t * dy, margin, size - margin).view(-1, 1, 1)
+    cx = _reflect(params.start[1] * size + t * dx, margin, size - margin).view(-1, 1, 1)
+    grid = torch.arange(size, dtype=torch.float32) + 0.5
+    ry = grid.view(1, -1, 1) - cy  # (T, H, 1)
+    rx = grid.view(1, 1, -1) - cx  # (T, 1, W)
+
+    if name == "circle":
+        mask = ry.square() + rx.square() <= r * r
+    elif name == "square":
+        half = r * _SQUARE_HALF
+        mask = (ry.abs() <= half) & (rx.abs() <= half)
+    else:  # upright equilateral triangle: inside all three edges (inradius = circumradius / 2)
+        big_r = r * _TRIANGLE_R
+        s = math.sqrt(3.0) / 2.0
+        inner = big_r / 2.0
+        # Outward edge normals (dy, dx): bottom (0, +1 down), upper right and upper left.
+        mask = (ry <= inner) & (-0.5 * ry + s * rx <= inner) & (-0.5 * ry - s * rx <= inner)
+
+    color = torch.tensor(params.color, dtype=torch.float32).mul(255.0).round().to(torch.int16)
+    background = torch.tensor(params.background, dtype=torch.float32).mul(255.0).round().to(torch.int16)
+    clip = torch.where(mask.unsqueeze(-1), color, background)  # (T, H, W, 3) int16
+    if noise > 0:
+        gen = torch.Generator().manual_seed(_stable_seed(params, frames, size, frame_step))
+        clip = clip + torch.randint(-noise, noise + 1, clip.shape, generator=gen, dtype=torch.int16)
+    return clip.clamp_(0, 255).to(torch.uint8)
+
+
+def label_of(params: ClipParams, task: str) -> int:
+    """Class index of a clip for a label task (``shape_direction = shape * DIRECTIONS + direction``)."""
+    if task == "direction":
+        return params.direction
+    if task == "shape":
+        return params.shape
+    if task == "speed":
+        return params.speed
+    if task == "shape_direction":
+        return params.shape * DIRECTIONS + params.direction
+    raise ValueError(_unknown_task(task))
+
+
+def num_classes(task: str) -> int:
+    """Number of classes of a label task."""
+    counts = {"direction": DIRECTIONS, "shape": len(SHAPES), "speed": len(SPEEDS),
+              "shape_direction": len(SHAPES) * DIRECTIONS}
+    if task not in counts:
+        raise ValueError(_unknown_task(task))
+    return counts[task]
+
+
+def _unknown_task(task: object) -> str:
+    return f"data.label={task!r} is not known; allowed values are {', '.join(LABEL_TASKS)}."
+
+
+class MovingShapesDataset(Dataset):
+    """``num_samples`` clips; item ``i`` depends only on ``(seed, i)``, not on workers or order.
+
+    Items are dicts ``{"video", "label", "index"}``. ``video`` is float32 ``(3, T, H, W)``
+    normalised with the ImageNet mean/std, or, when ``transform`` is given, whatever it returns
+    for the uint8 ``(T, H, W, 3)`` clip.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 512,
+        frames_per_clip: int = 16,
+        crop_size: int = 64,
+        seed: int = 0,
+        label: str = "direction",
+        frame_step: float = 1.0,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        for key, value, low in (("num_samples", num_samples, 1), ("frames_per_clip", frames_per_clip, 1),
+                                ("crop_size", crop_size, 8)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"data.{key}={value!r} is not allowed; allowed values are integers >= {low}.")
+        if label not in LABEL_TASKS:
+            raise ValueError(_unknown_task(label))
+        if not (isinstance(frame_step, (int, float)) and frame_step > 0):
+            raise ValueError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
+        self.num_samples = num_samples
+        self.frames_per_clip = frames_per_clip
+        self.crop_size = crop_size
+        self.seed = int(seed)
+        self.label = label
+        self.frame_step = float(frame_step)
+        self.transform = transform
+        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1, 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index(self, i: int) -> int:
+        i = operator.index(i)
+        if i < 0:
+            i += self.num_samples
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"index {i} is out of range for {self.num_samples} samples.")
+        return i
+
+    def params(self, i: int) -> ClipParams:
+        """The parameters of item ``i`` (for labels, inspection, or writing the clip to a file)."""
+        i = self._index(i)
+        return sample_params(torch.Generator().manual_seed(_stable_seed("moving_shapes", self.seed, i)))
+
+    def __getitem__(self, i: int) -> dict:
+        i = self._index(i)
+        params = self.params(i)
+        clip = render_clip(params, self.frames_per_clip, self.crop_size, self.frame_step)
+        if self.transform is not None:
+            video = self.transform(clip)
+        else:
+            video = clip.permute(3, 0, 1, 2).float().div_(255.0)
+            video = video.sub_(self._mean).div_(self._std)
+        return {"video": video, "label": label_of(params, self.label), "index": i}
