@@ -1,0 +1,55 @@
+"""A training sampler whose order depends only on (seed, position in the stream).
+
+The stream is an endless sequence of seeded permutations of the dataset (one per pass). Each
+time a loader is iterated it starts at the position the trainer has reached, read through
+``position_fn``, so a run resumed in the middle of an epoch sees exactly the samples the
+uninterrupted run would have seen, with any number of workers. Under data parallelism rank
+``r`` of ``w`` takes stream items ``r, r + w, r + 2w, ...``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class StreamSampler(Sampler[int]):
+    def __init__(
+        self,
+        num_samples: int,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        position_fn: Callable[[], int] | None = None,
+    ):
+        """``length`` is how many indices one iteration yields (one trainer epoch on this rank);
+        ``position_fn`` returns how many samples this rank has already consumed."""
+        self.num_samples = num_samples
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.position_fn = position_fn or (lambda: 0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _permutation(self, cycle: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.position_fn()
+        cycle, perm = -1, None
+        for local in range(start, start + self.length):
+            flat = local * self.world_size + self.rank
+            if flat // self.num_samples != cycle:
+                cycle = flat // self.num_samples
+                perm = self._permutation(cycle)
+            yield int(perm[flat % self.num_samples])

@@ -1,0 +1,173 @@
+"""JEPA pretraining as a LightningModule: context encoder + predictor regress the layer-normed
+features of an EMA target encoder at masked positions (V-JEPA 2)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_strict, read_checkpoint, strip_prefixes
+from .models.factory import build_encoder, build_predictor, split_attention
+from .models.flops import Flops, encoder_flops, predictor_flops
+from .models.sequence import gather_tokens
+from .models.vision_transformer import token_grid
+from .schedules import cosine, learning_rate, linear
+
+DEFAULT_OPTIM = dict(
+    lr=5.25e-4, start_lr=1e-4, final_lr=1e-6, warmup_steps=0, lr_schedule="warmup_cosine", schedule_scale=1.0,
+    weight_decay=0.04, final_weight_decay=0.04, betas=(0.9, 0.999), eps=1e-8, ema=(0.99925, 0.99925), loss_exp=1.0,
+)
+
+
+def jepa_loss(predictions: list[Tensor], targets: list[Tensor], loss_exp: float = 1.0) -> Tensor:
+    """mean |pred - target|^p / p per mask set, averaged over mask sets (p = 1: L1)."""
+    per_set = [(p - t).abs().pow(loss_exp).mean() / loss_exp for p, t in zip(predictions, targets)]
+    return torch.stack(per_set).mean()
+
+
+class JEPAPretrainModule(L.LightningModule):
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        attention: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        frames_per_clip: int = 16,
+        crop_size: int = 224,
+        compile: bool = False,
+        log_flops_every_n_steps: int = 10,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim = {**DEFAULT_OPTIM, **dict(optim or {})}
+        enc_attention, pred_attention = split_attention(attention)
+        self.encoder = build_encoder(model, enc_attention, crop_size, frames_per_clip)
+        self.predictor = build_predictor(model, pred_attention, self.encoder)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_encoder.requires_grad_(False)
+        if model.get("init_from"):
+            self.load_initial_weights(model["init_from"])
+        self.compile_models = compile
+        self.log_flops_every_n_steps = log_flops_every_n_steps
+        self._total_steps = 1
+
+    # -- weights ---------------------------------------------------------------------------
+    def load_initial_weights(self, path: str) -> None:
+        """Anneal from an official V-JEPA 2 ``.pt`` or a ``train.py`` ``.ckpt`` (weights only)."""
+        ckpt = read_checkpoint(path)
+        if "state_dict" in ckpt:  # a Lightning checkpoint of this module
+            state = ckpt["state_dict"]
+            parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                     for name in ("encoder", "predictor", "target_encoder")}
+        elif "encoder" in ckpt:
+            parts = {name: strip_prefixes(ckpt[name]) for name in ("encoder", "predictor", "target_encoder")
+                     if name in ckpt}
+        else:
+            raise CheckpointError(f"model.init_from={path!r} is neither a V-JEPA 2 checkpoint (keys encoder, "
+                                  f"predictor, target_encoder) nor a train.py checkpoint (key state_dict).")
+        load_strict(self.encoder, parts["encoder"], f"'encoder' in {path!r}")
+        if parts.get("predictor"):
+            load_strict(self.predictor, parts["predictor"], f"'predictor' in {path!r}")
+        load_strict(self.target_encoder, parts.get("target_encoder") or parts["encoder"], f"'target_encoder' in {path!r}")
+
+    def configure_model(self) -> None:
+        if self.compile_models:
+            for module in (self.encoder, self.predictor, self.target_encoder):
+                module.compile()
+
+    # -- schedules -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for module in (self.encoder, self.predictor):
+            for name, p in module.named_parameters():
+                if p.requires_grad:
+                    (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0, "exclude_from_wd": True}]
+        fused = self.device.type == "cuda"
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches * o["schedule_scale"]), 1)
+        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
+
+    def schedule_values(self, step: int) -> dict[str, float]:
+        o, total = self.optim, self._total_steps
+        return {
+            "lr": learning_rate(o["lr_schedule"], step, total, o["warmup_steps"], o["start_lr"], o["lr"], o["final_lr"]),
+            "wd": cosine(step, total, o["weight_decay"], o["final_weight_decay"]),
+            "ema": linear(step, total, o["ema"][0], o["ema"][1]),
+        }
+
+    def _apply_schedules(self) -> dict[str, float]:
+        values = self.schedule_values(self.global_step)
+        for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") else self.optimizers().param_groups:
+            group["lr"] = values["lr"]
+            if not group.get("exclude_from_wd"):
+                group["weight_decay"] = values["wd"]
+        return values
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.update_target_encoder(self.schedule_values(self.global_step)["ema"])
+
+    @torch.no_grad()
+    def update_target_encoder(self, momentum: float) -> None:
+        """target <- m * target + (1 - m) * online."""
+        target = [p for p in self.target_encoder.parameters()]
+        online = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+    # -- steps -----------------------------------------------------------------------------
+    def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor]:
+        clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
+        with torch.no_grad():
+            h = self.target_encoder(clips)
+            h = F.layer_norm(h, (h.shape[-1],))
+            targets = [gather_tokens(h, m) for m in masks_pred]
+        z = self.encoder(clips, masks_enc)
+        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
+        preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid)
+        loss = jepa_loss(preds, targets, self.optim["loss_exp"])
+        return loss, z, h
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        values = self._apply_schedules()
+        loss, z, _ = self.shared_step(batch)
+        B = batch["video"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
+                       "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
+                       "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
+        if self.log_flops_every_n_steps and self.global_step % self.log_flops_every_n_steps == 0:
+            flops = self.step_flops(batch)
+            self.log_dict({"flops/step_total": flops.total * 1.0, "flops/attention": flops.attention,
+                           "flops/attention_if_full": flops.attention_if_full,
+                           "flops/attention_ratio": flops.attention / max(flops.attention_if_full, 1.0)},
+                          batch_size=B)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, z, _ = self.shared_step(batch)
+        B = batch["video"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
+        self.log("val/feature_std", feature_std(z[0]), sync_dist=True, batch_size=B)
+
+    def step_flops(self, batch: dict) -> Flops:
+        """FLOPs of one training step: 3x (forward + backward) for the context encoder and the
+        predictor, 1x for the target encoder's forward."""
+        clips = batch["video"]
+        B = clips.shape[0]
+        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
+        total = encoder_flops(self.target_encoder, B, grid)
+        for mx, my in zip(batch["masks_enc"], batch["masks_pred"]):
+            mx, my = mx.cpu(), my.cpu()
+            trained = encoder_flops(self.encoder, B, grid, mx) + predictor_flops(self.predictor, mx, my, grid)
+            total = total + trained.scale(3.0)
+        return total
+
+
+def feature_std(features: Tensor) -> Tensor:
+    """Std over all tokens of each feature, averaged over features; near 0 means collapse."""
+    return features.float().reshape(-1, features.shape[-1]).std(dim=0).mean()

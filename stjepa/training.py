@@ -1,0 +1,79 @@
+"""Pretraining run: validate the config, build data, module, callbacks and loggers, fit."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import ExportOfficial
+from .config import ConfigError, check_train_config
+from .loggers import build_loggers, flat_config
+from .utils.rich_config import print_config_tree
+
+log = logging.getLogger(__name__)
+
+
+def find_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """ckpt_path if given; with resume=true the newest last.ckpt of this task's earlier runs."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    if not cfg.get("resume"):
+        return None
+    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
+    root = Path(cfg.paths.log_dir) / cfg.task_name
+    found = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"resume=true found no last.ckpt under {str(root)!r}; start without resume or give ckpt_path.")
+    return str(found[-1])
+
+
+def quiet_duplicate_logs() -> None:
+    """Lightning adds its own console handler; under Hydra the root logger prints already."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    quiet_duplicate_logs()
+    check_train_config(cfg)
+    ckpt_path = find_resume_checkpoint(cfg)
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
+    L.seed_everything(cfg.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, _convert_="all")
+    datamodule.configure_masking(module.encoder.default_grid, [dict(v) for v in cfg.mask.values()])
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    if cfg.get("export_official"):
+        callbacks.append(ExportOfficial(str(checkpoint_dir)))
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(flat_config(cfg))
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics["global_step"] = trainer.global_step
+    metrics["last_ckpt"] = str(checkpoint_dir / "last.ckpt")
+    for logger in loggers:
+        if hasattr(logger, "experiment") and "Wandb" in type(logger).__name__:
+            logger.experiment.finish()
+    return metrics

@@ -1,0 +1,153 @@
+"""train.py end to end on CPU: both attention kinds, multirun, learning, resume, W&B, bad configs."""
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, run_train, series
+from wandb_records import summarize
+
+
+@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2"])
+def test_train_few_steps_writes_checkpoints(tmp_path, attention):
+    metrics = run_train(tmp_path, f"attention={attention}")
+    assert metrics["global_step"] == 4
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert ckpt["hyper_parameters"]["attention"]["temporal_splits"] == (2 if attention == "area_2x2x2" else 1)
+    official = torch.load(tmp_path / "checkpoints" / "vjepa2_official.pt")
+    assert set(official) >= {"encoder", "predictor", "target_encoder"}
+    assert "module.backbone.blocks.0.attn.qkv.weight" in official["target_encoder"]
+    rows = read_metrics(tmp_path)
+    ratio = series(rows, "flops/attention_ratio")[0][1]
+    assert ratio == 1.0 if attention == "full" else ratio < 1.0  # area attention does less attention work
+    for key in ("train/lr", "train/wd", "train/ema_momentum", "perf/step_time_s", "perf/clips_per_s",
+                "perf/tokens_per_s", "perf/peak_memory_gib", "train/visible_tokens", "flops/attention_if_full"):
+        assert series(rows, key), key
+
+
+@pytest.mark.slow
+def test_train_py_as_a_subprocess(tmp_path):
+    out = run_script("train.py", *FAST, "trainer.max_steps=2", "attention=area_2x2", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_over_spatial_splits(tmp_path):
+    out = run_script("train.py", "-m", "attention.spatial_splits=1,2", *FAST, "trainer.max_steps=2",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):
+        ckpt = torch.load(tmp_path / job / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2
+        assert ckpt["hyper_parameters"]["attention"]["spatial_splits"] == int(job) + 1
+
+
+@pytest.mark.slow
+def test_short_run_learns_without_collapse(tmp_path):
+    run_train(tmp_path, "trainer.max_steps=80", "trainer.val_check_interval=40", "trainer.limit_val_batches=4",
+              "attention=area_2x2")
+    rows = read_metrics(tmp_path)
+    loss = [v for _, v in series(rows, "train/loss")]
+    first, last = sum(loss[:5]) / 5, sum(loss[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    val = [v for _, v in series(rows, "val/loss")]
+    assert val[-1] < val[0]
+    # collapse would make every token's features equal: std across tokens -> 0
+    assert min(v for _, v in series(rows, "train/feature_std")[-10:]) > 0.3
+    assert series(rows, "val/feature_std")[-1][1] > 0.3
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_losses_and_weights(tmp_path):
+    # 6 steps in one go, keeping a checkpoint every 3 steps; then a new run resumed from the
+    # step-3 checkpoint (mid-epoch) must repeat steps 3..5 exactly
+    common = ["trainer.max_steps=6", "trainer.val_check_interval=100", "attention=area_2x2", "optim.warmup_steps=2",
+              "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.model_checkpoint.monitor=null",
+              "callbacks.model_checkpoint.save_top_k=-1"]
+    run_train(tmp_path / "straight", *common)
+    halfway = tmp_path / "straight" / "checkpoints" / "step000003.ckpt"
+    assert torch.load(halfway, weights_only=False)["global_step"] == 3
+    run_train(tmp_path / "resumed", *common, f"ckpt_path={halfway}")
+    straight = series(read_metrics(tmp_path / "straight"), "train/loss")
+    resumed = series(read_metrics(tmp_path / "resumed"), "train/loss")
+    assert [s for s, _ in straight] == list(range(6)) and [s for s, _ in resumed] == [3, 4, 5]
+    assert [v for _, v in resumed] == [v for _, v in straight[3:]]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    moments = [s["exp_avg"] for s in a["optimizer_states"][0]["state"].values()]
+    moments_b = [s["exp_avg"] for s in b["optimizer_states"][0]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments, moments_b))
+
+
+def test_resume_true_picks_the_newest_last_ckpt(tmp_path):
+    from stjepa.training import find_resume_checkpoint
+
+    cfg = compose_config(tmp_path, ["resume=true"])
+    with pytest.raises(ValueError, match="resume=true found no last.ckpt"):
+        find_resume_checkpoint(cfg)
+    older = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
+    newer = tmp_path / "logs" / "train" / "multiruns" / "b" / "0" / "checkpoints" / "last.ckpt"
+    for i, p in enumerate((older, newer)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert find_resume_checkpoint(cfg) == str(newer)
+
+
+def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_train(tmp_path, "logger=many", "attention=area_2x2", "tags=[smoke]")
+    (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
+    history, config, run = summarize(run_file)
+    losses = [row["train/loss"] for row in history if "train/loss" in row]
+    assert len(losses) == 4
+    assert config["attention/height_splits"] == "2" and config["model/size"] == '"vit_tiny"'
+    assert "attn:area-t1h2w2-L0:auto" in run.tags and "smoke" in run.tags
+
+
+BAD_CONFIGS = [
+    (["data.frames_per_clip=7"], "data.frames_per_clip=7 must be a multiple of model.tubelet_size=2."),
+    (["data.crop_size=72"], "data.crop_size=72 must be a multiple of model.patch_size=16."),
+    (["attention.spatial_splits=5"], "attention.height_splits=5 is more splits than the 4 grid cells"),
+    (["attention.temporal_splits=5"], "attention.temporal_splits=5 is more splits than the 4 grid cells"),
+    (["attention=area_2x2", "attention.area_end=13"], "attention.area_start=0 / attention.area_end=13 do not fit a depth of 12"),
+    (["attention=area_2x2", "attention.area_start=5", "attention.area_end=5"], "need 0 <= area_start < area_end <= 12"),
+    (["attention.predictor.spatial_splits=2", "attention.predictor.area_end=9"],
+     "attention.predictor.area_start=0 / attention.area_end=9 do not fit a depth of 4"),
+    (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0."),
+    (["data.batch_size=64", "data.train_size=50"], "needs at least 64 training clips; data.train_size is 50."),
+    (["trainer.devices=4", "data.train_size=16"], "data.batch_size=8 per device x 4 devices needs at least 32"),
+    (["attention.backend=fast"], "attention.backend='fast' is not known; allowed values are auto, dense"),
+    (["model.size=vit_mega"], "model.size='vit_mega' is not known; allowed values are vit_tiny"),
+    (["optim.lr_schedule=step"], "optim.lr_schedule='step' is not known"),
+    (["mask.short_range.num_blocks=0"], "mask.short_range.num_blocks must be an integer >= 1"),
+    (["ckpt_path=/nope.ckpt"], "ckpt_path='/nope.ckpt' does not exist"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS)
+def test_bad_configs_are_refused_with_one_sentence(tmp_path, overrides, message):
+    from stjepa.config import ConfigError, check_train_config
+
+    with pytest.raises(ConfigError) as info:
+        check_train_config(compose_config(tmp_path, overrides))
+    assert message in str(info.value)
+    assert str(info.value).count(". ") == 0 and "\n" not in str(info.value)  # one sentence
+
+
+@pytest.mark.slow
+def test_bad_config_exits_before_work_without_traceback(tmp_path):
+    out = run_script("train.py", "attention.spatial_splits=5", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: attention.height_splits=5 is more splits")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,46 @@
+"""Compose train.py's config in-process (Hydra compose API) with a private output folder."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1", "data.num_workers=0", "print_config=false",
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+
+
+def compose_config(tmp_path, overrides=(), config_name="train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_train(tmp_path, *overrides):
+    from stjepa.training import train
+
+    return train(compose_config(tmp_path, [*FAST, *overrides]))
+
+
+def read_metrics(run_dir):
+    rows = list(csv.DictReader(open(Path(run_dir) / "csv" / "metrics.csv")))
+    return rows
+
+
+def series(rows, key):
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+
+
+def run_script(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
