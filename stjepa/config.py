@@ -72,7 +72,16 @@ def check_model(model: DictConfig, attention: DictConfig | dict, frames: int, cr
                           f"a train.py .ckpt.")
 
 
+def check_required(cfg: DictConfig) -> None:
+    missing = sorted(f"{key}.{m}" for key in cfg if key != "hydra" and OmegaConf.is_config(cfg[key])
+                     for m in OmegaConf.missing_keys(cfg[key]))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set (it is marked ??? in the config); give it on the command "
+                          f"line, e.g. {missing[0]}=...")
+
+
 def check_train_config(cfg: DictConfig) -> None:
+    check_required(cfg)
     data, model, trainer, optim = cfg.data, cfg.model, cfg.trainer, cfg.optim
     check_model(model, cfg.attention, data.get("frames_per_clip"), data.get("crop_size"))
     batch = _positive_int(data.get("batch_size"), "data.batch_size")
@@ -100,6 +109,9 @@ def check_train_config(cfg: DictConfig) -> None:
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs", -1)
     if (max_steps is None or max_steps <= 0) and (max_epochs is None or max_epochs <= 0):
         raise ConfigError("trainer.max_steps or trainer.max_epochs must be > 0 (training would never end).")
+    if cfg.get("anneal") and not (model.get("init_from") or cfg.get("ckpt_path") or cfg.get("resume")):
+        raise ConfigError("anneal=true needs pretrained weights: give model.init_from=path/to/vitl.pt (official) "
+                          "or a train.py .ckpt, or ckpt_path= to resume.")
     if cfg.get("ckpt_path") and cfg.get("resume"):
         raise ConfigError("ckpt_path and resume=true both choose a checkpoint to resume from; give one of them.")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():

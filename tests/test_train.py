@@ -38,13 +38,22 @@ def test_train_py_as_a_subprocess(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_over_spatial_splits(tmp_path):
-    out = run_script("train.py", "-m", "attention.spatial_splits=1,2", *FAST, "trainer.max_steps=2",
-                     f"hydra.sweep.dir={tmp_path}")
+    # run from another folder holding a .env: its values reach W&B; the sweep shares one group
+    (tmp_path / ".env").write_text("WANDB_PROJECT=from-dotenv\nWANDB_API_KEY=\n")
+    sweep = tmp_path / "sweep"
+    out = run_script(str(ROOT / "train.py"), "-m", "attention.spatial_splits=1,2", *FAST, "trainer.max_steps=2",
+                     "logger=many", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    groups = set()
     for job in ("0", "1"):
-        ckpt = torch.load(tmp_path / job / "checkpoints" / "last.ckpt", weights_only=False)
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 2
         assert ckpt["hyper_parameters"]["attention"]["spatial_splits"] == int(job) + 1
+        (run_file,) = glob.glob(str(sweep / job / "wandb" / "offline-run-*" / "*.wandb"))
+        _, _, run = summarize(run_file)
+        assert run.project == "from-dotenv"
+        groups.add(run.run_group)
+    assert len(groups) == 1 and groups.pop().startswith("train-")
 
 
 @pytest.mark.slow
@@ -151,3 +160,55 @@ def test_bad_config_exits_before_work_without_traceback(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("error: attention.height_splits=5 is more splits")
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_presets_compose_and_validate(tmp_path, experiment):
+    from stjepa.config import ConfigError, check_train_config
+
+    big = "data.train_size=4096"  # the presets leave the data source to the user; synthetic needs enough clips
+    cfg = compose_config(tmp_path, [f"experiment={experiment}", big])
+    assert cfg.model.size == "vit_large" and cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 3072
+    assert cfg.optim.ema[0] == cfg.optim.ema[1] == 0.99925 and cfg.optim.lr == 5.25e-4
+    assert list(cfg.mask) == ["short_range", "long_range"] and cfg.mask.long_range.spatial_scale[0] == 0.7
+    if cfg.anneal:
+        with pytest.raises(ConfigError, match="anneal=true needs pretrained weights"):
+            check_train_config(cfg)
+        cfg = compose_config(tmp_path, [f"experiment={experiment}", big, f"model.init_from={__file__}"])
+    check_train_config(cfg)
+    if experiment.startswith("st_a2"):
+        from stjepa.models import AttentionConfig
+        from stjepa.models.factory import split_attention
+        from omegaconf import OmegaConf
+
+        enc, _ = split_attention(OmegaConf.to_container(cfg.attention))
+        assert AttentionConfig.create(enc).pattern(24) == (True,) * 18 + (False,) * 6
+        assert AttentionConfig.create(enc).splits.num_areas == 4
+
+
+def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
+    from stjepa.checkpoint import export_official
+    from stjepa.pretrain import JEPAPretrainModule
+    from stjepa.models import VisionTransformerPredictor, vit
+
+    torch.manual_seed(1)
+    enc = vit("vit_tiny", img_size=64, num_frames=8)
+    pred = VisionTransformerPredictor(img_size=64, num_frames=8, embed_dim=192, predictor_embed_dim=96, depth=4,
+                                      num_heads=4)
+    target = vit("vit_tiny", img_size=64, num_frames=8)
+    export_official(tmp_path / "official.pt", enc, pred, target)
+    cfg = compose_config(tmp_path, ["attention=area_2x2", f"model.init_from={tmp_path / 'official.pt'}"])
+    from hydra.utils import instantiate
+
+    module = instantiate(cfg.module, _convert_="all")
+    assert any(module.encoder.attention_pattern)
+    for mine, theirs in ((module.encoder, enc), (module.predictor, pred), (module.target_encoder, target)):
+        for (k, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), k
+    # and a short run starts from them
+    metrics = run_train(tmp_path / "run", "attention=area_2x2", f"model.init_from={tmp_path / 'official.pt'}",
+                        "trainer.max_steps=2")
+    assert metrics["global_step"] == 2
