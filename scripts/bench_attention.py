@@ -156,6 +156,25 @@ def make_step(part, batch, tokens, layout, rope, device, dtype):
     return step
 
 
+def markdown(rows) -> str:
+    """The CSV rows as one table per part: ms (ratio to full) per size, layout and backend."""
+    out = []
+    for part in dict.fromkeys(r["part"] for r in rows):
+        out += [f"**{part}** (forward + backward, median ms; area/full: the ratio to full attention measured in the same run)", "",
+                "| size | tokens | mask | full | layout | backend | ms | area/full |", "|---|---|---|---|---|---|---|---|"]
+        full = {(r["size"], r["mask"]): r for r in rows if r["part"] == part and r["layout"] == "full"}
+        for r in rows:
+            if r["part"] != part or r["layout"] == "full":
+                continue
+            f = full[(r["size"], r["mask"])]
+            backend = r["backend"] if r["requested"] in ("auto", r["backend"]) else r["requested"]
+            backend += " (auto)" if r["requested"] == "auto" else ""
+            out.append(f"| {r['size']} | {r['tokens']} | {r['mask']} | {float(f['median_ms']):.1f} | {r['layout']} | "
+                       f"{backend} | {float(r['median_ms']):.1f} | {float(r['ratio_vs_full']):.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
@@ -169,7 +188,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3 if cuda else 1)
     p.add_argument("--iters", type=int, default=20 if cuda else 3)
     p.add_argument("--csv", default="bench_attention.csv")
+    p.add_argument("--markdown", metavar="CSV", help="only print the tables of an earlier run's CSV")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(list(csv.DictReader(open(args.markdown)))))
+        return
     if args.layouts[0] != "full":
         args.layouts = ["full"] + [x for x in args.layouts if x != "full"]  # ratios need the baseline first
     rows = run(args)

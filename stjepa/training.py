@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .callbacks import ExportOfficial
 from .config import ConfigError, check_train_config

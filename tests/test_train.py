@@ -1,7 +1,6 @@
 """train.py end to end on CPU: both attention kinds, multirun, learning, resume, W&B, bad configs."""
 import glob
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -191,7 +190,6 @@ def test_experiment_presets_compose_and_validate(tmp_path, experiment):
 
 def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
     from stjepa.checkpoint import export_official
-    from stjepa.pretrain import JEPAPretrainModule
     from stjepa.models import VisionTransformerPredictor, vit
 
     torch.manual_seed(1)

@@ -2,7 +2,6 @@
 so that its checkpoints load strictly (``attn.qkv``, ``attn.proj``, ``mlp.fc1`` ...)."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor

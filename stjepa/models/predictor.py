@@ -9,11 +9,11 @@ from torch import Tensor
 
 from .attention_config import AttentionConfig
 from .layers import Block
-from .sequence import Grid, check_indices, run_blocks
+from .sequence import Grid, GridLayoutMixin, check_indices, run_blocks
 from .vision_transformer import init_weights, rescale_residual_branches
 
 
-class VisionTransformerPredictor(nn.Module):
+class VisionTransformerPredictor(GridLayoutMixin, nn.Module):
     """Embed context features to the predictor width, append a learnable mask token at each
     target position, run the blocks over context + targets (ordered by grid position, or by
     area then grid position with area layers), and project the targets back to encoder width.
@@ -51,9 +51,6 @@ class VisionTransformerPredictor(nn.Module):
         self.num_heads = num_heads
         self.head_dim = predictor_embed_dim // num_heads
         self.use_activation_checkpointing = use_activation_checkpointing
-        self.attention = AttentionConfig.create(attention)
-        self.attention_pattern = self.attention.pattern(depth)
-        self.attention.validate(depth, self.default_grid)
 
         self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_tokens = nn.ParameterList(
@@ -71,21 +68,11 @@ class VisionTransformerPredictor(nn.Module):
         if not zero_init_mask_tokens:
             for token in self.mask_tokens:
                 nn.init.trunc_normal_(token, std=init_std)
+        self.set_attention(attention)
 
     @property
     def depth(self) -> int:
         return len(self.predictor_blocks)
-
-    @property
-    def default_grid(self) -> Grid:
-        t = max(self.num_frames // self.tubelet_size, 1)
-        return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
-
-    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | None) -> None:
-        config = AttentionConfig.create(attention)
-        self.attention_pattern = config.pattern(self.depth)
-        config.validate(self.depth, self.default_grid)
-        self.attention = config
 
     def forward(
         self,

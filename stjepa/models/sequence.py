@@ -19,6 +19,23 @@ from .rope import RopeTables
 Grid = tuple[int, int, int]
 
 
+class GridLayoutMixin:
+    """Shared by encoder and predictor: the configured token grid and the attention layout.
+    Expects ``num_frames``, ``tubelet_size``, ``img_size``, ``patch_size`` and ``depth``."""
+
+    @property
+    def default_grid(self) -> Grid:
+        t = max(self.num_frames // self.tubelet_size, 1)
+        return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+    def set_attention(self, attention: "AttentionConfig | dict | None") -> None:
+        """Choose the attention layout (validated against depth and grid); parameters are unaffected."""
+        config = AttentionConfig.create(attention)
+        pattern = config.pattern(self.depth)
+        config.validate(self.depth, self.default_grid)
+        self.attention, self.attention_pattern = config, pattern
+
+
 def grid_positions(ids: Tensor, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
     """Flat token index (t-major, then h, then w) -> (t, h, w) coordinates."""
     _, H, W = grid

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .attention_config import AttentionConfig
 from .layers import Block, PatchEmbed3D
-from .sequence import Grid, check_indices, gather_tokens, run_blocks
+from .sequence import Grid, GridLayoutMixin, check_indices, gather_tokens, run_blocks
 
 # name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
 # ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
@@ -55,7 +55,7 @@ def token_grid(shape: tuple[int, ...], patch_size: int, tubelet_size: int) -> Gr
     return T // tubelet_size, H // patch_size, W // patch_size
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(GridLayoutMixin, nn.Module):
     """Encoder: tubelet embedding, pre-norm blocks with 3D RoPE, final LayerNorm.
 
     ``forward(x, masks)`` takes video (B, C, T, H, W) or images (B, C, H, W), and optionally
@@ -89,9 +89,6 @@ class VisionTransformer(nn.Module):
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.use_activation_checkpointing = use_activation_checkpointing
-        self.attention = AttentionConfig.create(attention)
-        self.attention_pattern = self.attention.pattern(depth)
-        self.attention.validate(depth, self.default_grid)
 
         self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -102,6 +99,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.blocks)
+        self.set_attention(attention)
 
     @property
     def depth(self) -> int:
@@ -110,18 +108,6 @@ class VisionTransformer(nn.Module):
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
-
-    @property
-    def default_grid(self) -> Grid:
-        t = max(self.num_frames // self.tubelet_size, 1)
-        return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
-
-    def set_attention(self, attention: AttentionConfig | Mapping[str, Any] | None) -> None:
-        """Switch the attention layout; parameters are unaffected."""
-        config = AttentionConfig.create(attention)
-        self.attention_pattern = config.pattern(self.depth)
-        config.validate(self.depth, self.default_grid)
-        self.attention = config
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) become one-tubelet clips by repeating the frame."""
