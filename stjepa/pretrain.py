@@ -102,7 +102,7 @@ class JEPAPretrainModule(L.LightningModule):
 
     def _apply_schedules(self) -> dict[str, float]:
         values = self.schedule_values(self.global_step)
-        for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") else self.optimizers().param_groups:
+        for group in self.optimizers().optimizer.param_groups:
             group["lr"] = values["lr"]
             if not group.get("exclude_from_wd"):
                 group["weight_decay"] = values["wd"]

@@ -52,10 +52,13 @@ def check_indices(ids: Tensor, grid: Grid, what: str = "mask") -> None:
     numel = grid[0] * grid[1] * grid[2]
     if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
         raise ValueError(f"{what} indices must be a (batch, tokens) integer tensor, got {tuple(ids.shape)} {ids.dtype}.")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= numel):
+    if not ids.numel():
+        return
+    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync
+    if low < 0 or high >= numel:
         raise ValueError(
             f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid; "
-            f"got values in {int(ids.min())}..{int(ids.max())}."
+            f"got values in {low}..{high}."
         )
 
 
