@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .data.manifests import ManifestError
+from .data.video_dataset import NoUsableVideoError
 
 
 def load_env() -> None:
@@ -18,9 +20,14 @@ def load_env() -> None:
 
 
 def run_or_exit(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn``; a bad config or checkpoint exits with status 2 and one sentence, no traceback."""
+    """Run ``fn``; a bad config, checkpoint or data source exits with status 2 and one sentence,
+    no traceback."""
     try:
         return fn(*args)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError, ManifestError, NoUsableVideoError) as exc:
+        # errors raised in DataLoader workers arrive with the worker's traceback in the message
+        message = str(exc).strip().splitlines()[-1]
+        if isinstance(exc, NoUsableVideoError) and ":" in message and "NoUsableVideoError" in message:
+            message = message.split(":", 1)[1].strip()
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -140,6 +140,9 @@ class JEPAPretrainModule(L.LightningModule):
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
                        "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
                        "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
+        if "bad_videos" in batch:  # files skipped by the data pipeline: per step and summed per epoch
+            self.log("data/bad_videos", batch["bad_videos"].sum().float(), on_step=True, on_epoch=True,
+                     reduce_fx="sum", batch_size=B)
         if self.log_flops_every_n_steps and self.global_step % self.log_flops_every_n_steps == 0:
             flops = self.step_flops(batch)
             self.log_dict({"flops/step_total": flops.total * 1.0, "flops/attention": flops.attention,

@@ -168,7 +168,10 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 def test_experiment_presets_compose_and_validate(tmp_path, experiment):
     from stjepa.config import ConfigError, check_train_config
 
-    big = "data.train_size=4096"  # the presets leave the data source to the user; synthetic needs enough clips
+    cfg = compose_config(tmp_path, [f"experiment={experiment}"])
+    with pytest.raises(ConfigError, match=r"data.train_manifest must be set"):
+        check_train_config(cfg)  # the presets read real videos: the manifest must be given
+    big = f"data.train_manifest={__file__}"
     cfg = compose_config(tmp_path, [f"experiment={experiment}", big])
     assert cfg.model.size == "vit_large" and cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 3072
     assert cfg.optim.ema[0] == cfg.optim.ema[1] == 0.99925 and cfg.optim.lr == 5.25e-4

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -11,8 +12,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .collate import MaskingCollate
+from .manifests import load_manifests, save_label_map
 from .sampler import StreamSampler
 from .synthetic import LABEL_TASKS, MovingShapesDataset, num_classes
+from .transforms import EvalTransform, TrainTransform
+from .video_dataset import VideoClipDataset
 
 
 class ResumableDataLoader(DataLoader):
@@ -59,6 +63,10 @@ class VideoDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         raise NotImplementedError
 
+    def sample_weights(self) -> torch.Tensor | None:
+        """Per training sample drawing weights, or None for uniform passes."""
+        return None
+
     # -- shared ------------------------------------------------------------------------------
     def configure_masking(self, grid: tuple[int, int, int], mask_sets: Sequence[Mapping[str, Any]]) -> None:
         """Draw V-JEPA masks for token grid ``grid`` in the collate function."""
@@ -103,7 +111,8 @@ class VideoDataModule(L.LightningDataModule):
             )
         batches = per_rank // self.batch_size
         sampler = StreamSampler(len(self.train_set), batches * self.batch_size, self.seed, True, rank, world,
-                                position_fn=self._consumed_samples)
+                                position_fn=self._consumed_samples, weights=self.sample_weights(),
+                                yield_pass=isinstance(self.train_set, VideoClipDataset))
         return self._loader(self.train_set, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -140,3 +149,88 @@ class SyntheticDataModule(VideoDataModule):
 
         # distinct seeds: validation clips are never training clips
         return make(self.train_size, self.seed), (make(self.val_size, self.seed + 7919) if self.val_size else None)
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+
+
+class KineticsDataModule(VideoDataModule):
+    """Video files listed in manifests (V-JEPA lists, Kinetics CSVs or class folders), decoded
+    with decord (or PyAV / torchcodec), V-JEPA 2 clip sampling and augmentation."""
+
+    def __init__(
+        self,
+        train_manifest: str | Sequence[str],
+        val_manifest: str | Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        video_root: str | None = None,
+        decoder: str = "decord",
+        fps: float | None = 4.0,
+        frame_step: int = 4,
+        num_clips: int = 1,
+        eval_segments: int = 1,
+        eval_views: int = 1,
+        random_resize_scale: Sequence[float] = (0.3, 1.0),
+        random_resize_aspect_ratio: Sequence[float] = (0.75, 1.35),
+        horizontal_flip: bool = True,
+        short_video: str = "pad",
+        train_split: str | None = None,
+        val_split: str | None = None,
+        output_dir: str | None = None,
+        **common: Any,
+    ):
+        super().__init__(**common)
+        self.train_manifests = _as_list(train_manifest)
+        self.val_manifests = _as_list(val_manifest)
+        if not self.train_manifests:
+            raise ValueError("data.train_manifest must name at least one manifest (a path or a list of paths).")
+        if weights is not None and len(weights) != len(self.train_manifests):
+            raise ValueError(f"data.weights has {len(weights)} values for {len(self.train_manifests)} train "
+                             f"manifests; give one weight per manifest or null.")
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError(f"data.weights={list(weights)} must be non-negative with a positive sum.")
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.video_root, self.decoder, self.output_dir = video_root, decoder, output_dir
+        self.splits = [train_split] * len(self.train_manifests) + [val_split] * len(self.val_manifests)
+        self.fps, self.frame_step, self.num_clips = fps, frame_step, num_clips
+        self.eval_segments, self.eval_views = eval_segments, eval_views
+        self.train_transform = TrainTransform(self.crop_size, tuple(random_resize_scale),
+                                              tuple(random_resize_aspect_ratio), horizontal_flip)
+        self.eval_transform = EvalTransform(self.crop_size, eval_views)
+        self.short_video = short_video
+        self.label_map: dict[str, int] = {}
+
+    @property
+    def num_classes(self) -> int:
+        self.setup("fit")
+        return max(self.label_map.values()) + 1
+
+    def _dataset(self, samples, manifests, train: bool) -> VideoClipDataset:
+        return VideoClipDataset(
+            samples, manifests, self.train_transform if train else self.eval_transform, self.frames_per_clip,
+            self.frame_step, self.fps, self.num_clips if train else self.eval_segments, random_start=train,
+            decoder=self.decoder, short_video=self.short_video, seed=self.seed,
+        )
+
+    def build_datasets(self):
+        # one label map over train and val manifests, ids in alphabetical order of the names
+        samples, self.label_map = load_manifests(self.train_manifests + self.val_manifests, self.video_root,
+                                                 split=self.splits)
+        n = len(self.train_manifests)
+        train = self._dataset([s for s in samples if s.source < n], self.train_manifests, train=True)
+        val_samples = [s for s in samples if s.source >= n]
+        val = self._dataset(val_samples, self.val_manifests, train=False) if self.val_manifests else None
+        if self.output_dir:
+            save_label_map(self.label_map, Path(self.output_dir) / "label_map.json")
+        return train, val
+
+    def sample_weights(self) -> torch.Tensor | None:
+        if self.weights is None:
+            return None
+        sources = torch.tensor([s.source for s in self.train_set.samples])
+        counts = torch.bincount(sources, minlength=len(self.train_manifests)).double()
+        weights = torch.tensor(self.weights, dtype=torch.float64) / counts.clamp(min=1)
+        return weights[sources]

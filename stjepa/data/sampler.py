@@ -5,6 +5,9 @@ time a loader is iterated it starts at the position the trainer has reached, rea
 ``position_fn``, so a run resumed in the middle of an epoch sees exactly the samples the
 uninterrupted run would have seen, with any number of workers. Under data parallelism rank
 ``r`` of ``w`` takes stream items ``r, r + w, r + 2w, ...``.
+
+With per-sample ``weights`` (mixing several manifests, as V-JEPA 2 mixes K710, SSv2 and
+HowTo100M) each pass draws ``num_samples`` items with replacement in proportion to the weights.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ class StreamSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         position_fn: Callable[[], int] | None = None,
+        weights: torch.Tensor | None = None,
+        yield_pass: bool = False,
     ):
         """``length`` is how many indices one iteration yields (one trainer epoch on this rank);
         ``position_fn`` returns how many samples this rank has already consumed."""
@@ -34,14 +39,19 @@ class StreamSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.position_fn = position_fn or (lambda: 0)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        # yield pass * num_samples + index, so a dataset can vary its augmentation per pass
+        self.yield_pass = yield_pass
 
     def __len__(self) -> int:
         return self.length
 
     def _permutation(self, cycle: int) -> torch.Tensor:
-        if not self.shuffle:
+        if not self.shuffle and self.weights is None:
             return torch.arange(self.num_samples)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
         return torch.randperm(self.num_samples, generator=g)
 
     def __iter__(self) -> Iterator[int]:
@@ -52,4 +62,5 @@ class StreamSampler(Sampler[int]):
             if flat // self.num_samples != cycle:
                 cycle = flat // self.num_samples
                 perm = self._permutation(cycle)
-            yield int(perm[flat % self.num_samples])
+            index = int(perm[flat % self.num_samples])
+            yield cycle * self.num_samples + index if self.yield_pass else index

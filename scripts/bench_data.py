@@ -1,0 +1,89 @@
+"""Decoded + augmented clips per second for one data worker.
+
+Writes a few 320p (568x320) H.264 videos of moving shapes at 30 fps, then times the training
+data path exactly as a DataLoader worker runs it (one process, one decoding thread): decode the
+16 frames of one clip at 4 fps (a span of 128 source frames), random resized crop to 256 px,
+flip, normalize. Reports clips/s per worker for each decoder.
+
+    python scripts/bench_data.py                        # decord and PyAV, 40 clips each
+    python scripts/bench_data.py --decoders decord --clips 200 --csv data.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stjepa.data.decoding import available_decoders  # noqa: E402
+from stjepa.data.manifests import VideoSample  # noqa: E402
+from stjepa.data.synthetic import render_clip, sample_params  # noqa: E402
+from stjepa.data.transforms import TrainTransform  # noqa: E402
+from stjepa.data.video_dataset import VideoClipDataset  # noqa: E402
+from stjepa.utils.timing import describe_device, git_commit  # noqa: E402
+
+
+def write_320p_videos(folder: Path, count: int, frames: int, fps: int) -> list[Path]:
+    import av
+
+    paths = []
+    for i in range(count):
+        params = sample_params(torch.Generator().manual_seed(i))
+        video = render_clip(params, frames, 568)[:, 124:444]  # 568x568 -> 568 wide x 320 high
+        path = folder / f"clip{i}.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = 568, 320, "yuv420p"
+            stream.options = {"crf": "23", "preset": "veryfast"}
+            for frame in video.numpy():
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decoders", nargs="+", default=[d for d in ("decord", "pyav", "torchcodec") if d in available_decoders()])
+    p.add_argument("--clips", type=int, default=40)
+    p.add_argument("--videos", type=int, default=6)
+    p.add_argument("--source-frames", type=int, default=300, help="10 s at 30 fps")
+    p.add_argument("--csv", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # a worker's share
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_320p_videos(Path(tmp), args.videos, args.source_frames, 30)
+        samples = [VideoSample(str(path), 0) for path in paths]
+        for decoder in args.decoders:
+            ds = VideoClipDataset(samples, ["bench"], TrainTransform(256), frames_per_clip=16, fps=4.0,
+                                  decoder=decoder, seed=0)
+            ds[0]  # warm-up
+            times = []
+            for i in range(args.clips):
+                t0 = time.perf_counter()
+                item = ds[i]
+                times.append(time.perf_counter() - t0)
+            assert item["video"].shape == (3, 16, 256, 256)
+            med = statistics.median(times)
+            row = dict(decoder=decoder, device=describe_device(torch.device("cpu")), commit=git_commit(),
+                       source="568x320 H.264 30fps", clip="16 frames @ 4 fps, 256px", median_ms=round(med * 1e3, 2),
+                       clips_per_s_per_worker=round(1.0 / med, 2))
+            rows.append(row)
+            print(f"{decoder:>10}: {med * 1e3:7.1f} ms per clip -> {1.0 / med:6.1f} clips/s per worker")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
