@@ -93,7 +93,8 @@ class VideoClipDataset(Dataset):
             rng = self._rng(key, attempt)
             try:
                 video = self.load(sample, rng)
-                return {"video": video, "label": sample.label, "index": key, "bad_videos": bad}
+                # index: what was asked for (seeds masks); sample: the video actually returned
+                return {"video": video, "label": sample.label, "index": key, "sample": current, "bad_videos": bad}
             except (VideoError, OSError, RuntimeError) as exc:  # decoders raise several types
                 bad += 1
                 self._warn_once(sample, exc if isinstance(exc, VideoError) else VideoError(f"video {sample.path!r}: {exc}"))
