@@ -144,3 +144,41 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_encoder(
+    path: str | os.PathLike,
+    key: str = "target_encoder",
+    model: Mapping[str, Any] | None = None,
+    attention: Mapping[str, Any] | None = None,
+    img_size: int | None = None,
+    num_frames: int | None = None,
+    random_init: bool = False,
+) -> VisionTransformer:
+    """An encoder from a train.py ``.ckpt`` (its own architecture and attention layout) or an
+    official V-JEPA 2 ``.pt`` (architecture from ``model``). ``attention`` replaces the stored
+    layout; ``key`` picks ``target_encoder`` or ``encoder``; ``random_init`` keeps the
+    architecture but not the weights (the baseline a probe must beat)."""
+    from .models.factory import build_encoder, split_attention
+
+    if key not in ("target_encoder", "encoder"):
+        raise CheckpointError(f"probe.encoder_key={key!r} is not known; allowed values are target_encoder, encoder.")
+    ckpt = read_checkpoint(path)
+    if "state_dict" in ckpt and "hyper_parameters" in ckpt:  # a train.py checkpoint
+        hp = ckpt["hyper_parameters"]
+        stored, _ = split_attention(hp.get("attention"))
+        encoder = build_encoder(hp["model"], attention if attention is not None else stored,
+                                hp["crop_size"], hp["frames_per_clip"])
+        state = {k[len(key) + 1:]: v for k, v in ckpt["state_dict"].items() if k.startswith(key + ".")}
+        if not state:
+            raise CheckpointError(f"checkpoint file {str(path)!r} holds no {key!r} weights.")
+    else:
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r} entry; it has "
+                                  f"{', '.join(map(str, ckpt))}.")
+        model = dict(model or {})
+        encoder = build_encoder(model, attention, img_size or 224, num_frames or 16)
+        state = strip_prefixes(ckpt[key])
+    if not random_init:
+        load_strict(encoder, state, f"{key!r} in {str(path)!r}")
+    return encoder

@@ -1,0 +1,93 @@
+"""A probing job: load and freeze an encoder, train the probe heads, report every head."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import rich
+import rich.table
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import load_encoder
+from .config import ConfigError, check_required
+from .loggers import build_loggers, flat_config
+from .models.factory import split_attention
+from .probing import MultiHeadProbe
+from .training import quiet_duplicate_logs
+from .utils.rich_config import print_config_tree
+
+
+def check_probe_config(cfg: DictConfig) -> None:
+    check_required(cfg)
+    if not Path(cfg.ckpt).is_file():
+        raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
+    p = cfg.probe
+    if not p.lrs or not p.weight_decays:
+        raise ConfigError("probe.lrs and probe.weight_decays must each hold at least one value.")
+    if any(v <= 0 for v in p.lrs) or any(v < 0 for v in p.weight_decays):
+        raise ConfigError("probe.lrs must be > 0 and probe.weight_decays >= 0.")
+    if p.num_probe_blocks < 1:
+        raise ConfigError(f"probe.num_probe_blocks must be >= 1, got {p.num_probe_blocks}.")
+
+
+def results_table(results: list[dict], best: dict) -> rich.table.Table:
+    table = rich.table.Table(title="Probe heads (validation)")
+    for column in ("head", "lr", "weight decay", "top-1", "top-5"):
+        table.add_column(column, justify="right")
+    for r in results:
+        style = "bold green" if r["head"] == best["head"] else None
+        table.add_row(str(r["head"]), f"{r['lr']:.0e}", f"{r['weight_decay']:g}", f"{100 * r['top1']:.2f}",
+                      f"{100 * r['top5']:.2f}", style=style)
+    return table
+
+
+def probe(cfg: DictConfig) -> dict[str, Any]:
+    quiet_duplicate_logs()
+    check_probe_config(cfg)
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, order=("ckpt", "probe", "data", "model", "attention", "trainer"))
+    L.seed_everything(cfg.seed, workers=True)
+    attention = None
+    if cfg.get("attention") is not None:
+        attention, _ = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
+    encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
+                           attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
+                            cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
+                            cfg.probe.final_lr_fraction, cfg.probe.label_smoothing)
+    loggers = build_loggers(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for logger in loggers:
+        logger.log_hyperparams(flat_config(cfg))
+    trainer.fit(module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+
+    best = module.best()
+    results = {
+        "ckpt": str(cfg.ckpt),
+        "encoder_key": cfg.probe.encoder_key,
+        "random_init": bool(cfg.probe.random_init),
+        "attention": encoder.attention.tag,
+        "num_classes": module.num_classes,
+        "chance_top1": 1.0 / module.num_classes,
+        "best": {k: best[k] for k in ("head", "lr", "weight_decay", "top1", "top5", "per_class_top1")},
+        "heads": module.results,
+    }
+    out = Path(cfg.paths.output_dir) / "results.json"
+    out.write_text(json.dumps(results, indent=2))
+    rich.print(results_table(module.results, best))
+    rich.print(f"best head {best['head']} (lr {best['lr']:g}, wd {best['weight_decay']:g}): "
+               f"top-1 {100 * best['top1']:.2f}%, top-5 {100 * best['top5']:.2f}% "
+               f"(chance {100 / module.num_classes:.2f}%); written to {out}")
+    for logger in loggers:
+        if "Wandb" in type(logger).__name__:
+            logger.experiment.summary.update({"probe/best_top1": best["top1"], "probe/best_top5": best["top5"],
+                                              "probe/best_lr": best["lr"], "probe/best_wd": best["weight_decay"]})
+            logger.experiment.finish()
+    return results

@@ -1,0 +1,116 @@
+"""Frozen-encoder probing: many attentive-probe heads, one per (lr, weight decay), trained at
+once on the same features (the encoder runs once per batch for all heads), as V-JEPA 2 does."""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models.attentive_probe import AttentiveClassifier
+from .models.vision_transformer import VisionTransformer
+from .schedules import warmup_cosine
+
+
+def average_views(logits: Tensor, views: int) -> Tensor:
+    """(B * views, C) logits of all clips/crops of each video -> (B, C), averaged."""
+    return logits.view(-1, views, logits.shape[-1]).mean(dim=1)
+
+
+class MultiHeadProbe(L.LightningModule):
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        num_classes: int,
+        lrs: Sequence[float] = (5e-3, 3e-3, 1e-3, 3e-4, 1e-4),
+        weight_decays: Sequence[float] = (0.01, 0.1, 0.4, 0.8),
+        num_probe_blocks: int = 1,
+        num_heads: int = 16,
+        warmup_fraction: float = 0.1,
+        final_lr_fraction: float = 0.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.grid = [(float(lr), float(wd)) for lr, wd in itertools.product(lrs, weight_decays)]
+        if not self.grid:
+            raise ValueError("probe.lrs and probe.weight_decays must each hold at least one value.")
+        self.heads = nn.ModuleList(
+            AttentiveClassifier(encoder.embed_dim, num_classes, num_heads, num_probe_blocks) for _ in self.grid
+        )
+        self.num_classes = num_classes
+        self.top1 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in self.grid)
+        self.top5 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+                                  for _ in self.grid)
+        self.per_class = nn.ModuleList(MulticlassAccuracy(num_classes, average=None) for _ in self.grid)
+        self.results: list[dict] = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout / drop-path, whatever Lightning toggles
+        return self
+
+    @torch.no_grad()
+    def features(self, video: Tensor) -> tuple[Tensor, int]:
+        """(B, 3, T, H, W) or (B, V, 3, T, H, W) videos -> encoder tokens for all views, V."""
+        views = video.shape[1] if video.dim() == 6 else 1
+        clips = video.flatten(0, 1) if video.dim() == 6 else video
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            tokens = self.encoder(clips)
+        return tokens.float(), views
+
+    def configure_optimizers(self):
+        groups = []
+        for head, (lr, wd) in zip(self.heads, self.grid):
+            decay = [p for n, p in head.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
+            rest = [p for n, p in head.named_parameters() if p.ndim <= 1 or n.endswith(".bias")]
+            groups += [{"params": decay, "lr": lr, "weight_decay": wd, "base_lr": lr},
+                       {"params": rest, "lr": lr, "weight_decay": 0.0, "base_lr": lr}]
+        return torch.optim.AdamW(groups)
+
+    def _set_lr(self) -> None:
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.hparams.warmup_fraction * total)
+        for group in self.optimizers().optimizer.param_groups:
+            base = group["base_lr"]
+            group["lr"] = warmup_cosine(self.global_step, total, warmup, 0.0, base, base * self.hparams.final_lr_fraction)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self._set_lr()
+        tokens, views = self.features(batch["video"])
+        labels = batch["label"].repeat_interleave(views)
+        # heads are independent: the sum's gradient for head i is the gradient of its own loss
+        losses = torch.stack([F.cross_entropy(h(tokens), labels, label_smoothing=self.hparams.label_smoothing)
+                              for h in self.heads])
+        self.log("probe/train_loss_mean", losses.mean().detach(), prog_bar=True, batch_size=len(labels))
+        self.log("probe/train_loss_best", losses.min().detach(), batch_size=len(labels))
+        return losses.sum()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        tokens, views = self.features(batch["video"])
+        for i, head in enumerate(self.heads):
+            logits = average_views(head(tokens), views)
+            for metric in (self.top1[i], self.top5[i], self.per_class[i]):
+                metric.update(logits, batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.results = []
+        for i, (lr, wd) in enumerate(self.grid):
+            top1, top5 = float(self.top1[i].compute()), float(self.top5[i].compute())
+            per_class = [float(v) for v in self.per_class[i].compute()]
+            self.results.append({"head": i, "lr": lr, "weight_decay": wd, "top1": top1, "top5": top5,
+                                 "per_class_top1": per_class})
+            for metric in (self.top1[i], self.top5[i], self.per_class[i]):
+                metric.reset()
+        best = self.best()
+        self.log_dict({"probe/val_top1_best": best["top1"], "probe/val_top5_best": best["top5"]}, sync_dist=False)
+
+    def best(self) -> dict:
+        """The head with the highest validation top-1 (ties: the earlier head)."""
+        return max(self.results, key=lambda r: (r["top1"], -r["head"]))
