@@ -63,7 +63,8 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str)
     if missing or unexpected or shapes:
 
         def listing(name: str, keys: list[str]) -> str:
-            return f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}" if keys else ""
+            more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+            return f"{name} ({len(keys)}): {', '.join(keys[:8])}{more}" if keys else ""
 
         parts = [p for p in (listing("missing", missing), listing("unexpected", unexpected),
                              listing("mis-shaped", shapes)) if p]

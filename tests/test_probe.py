@@ -1,0 +1,156 @@
+"""probe.py: checkpoint loading, head independence, view aggregation and metrics, end to end."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stjepa.checkpoint import CheckpointError, export_official, load_encoder
+from stjepa.models import vit
+from stjepa.probing import MultiHeadProbe, average_views
+from train_helpers import FAST, run_script, run_train
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    run_train(out, "trainer.max_steps=2", "attention=area_2x2")
+    return out / "checkpoints" / "last.ckpt"
+
+
+def official_pt(tmp_path, encoder):
+    path = tmp_path / "official.pt"
+    export_official(path, encoder, None, encoder)
+    return path
+
+
+def test_train_ckpt_loads_with_its_layout_or_an_override(train_ckpt):
+    state = torch.load(train_ckpt, weights_only=False)["state_dict"]
+    enc = load_encoder(train_ckpt)
+    assert enc.attention.tag == "area-t1h2w2-L0:auto" and any(enc.attention_pattern)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, state["target_encoder." + k]), k
+    online = load_encoder(train_ckpt, key="encoder", attention=dict(spatial_splits=1))
+    assert not any(online.attention_pattern)
+    assert torch.equal(online.norm.weight, state["encoder.norm.weight"])
+
+
+def test_official_pt_loads_with_the_configured_architecture(tmp_path):
+    torch.manual_seed(0)
+    source = vit("vit_tiny", img_size=64, num_frames=8)
+    path = official_pt(tmp_path, source)
+    enc = load_encoder(path, model=dict(size="vit_tiny", patch_size=16, tubelet_size=2), img_size=64, num_frames=8,
+                       attention=dict(spatial_splits=2))
+    assert any(enc.attention_pattern)  # probing a full-attention checkpoint with area attention
+    x = torch.randn(1, 3, 8, 64, 64)
+    enc_full = load_encoder(path, model=dict(size="vit_tiny"), img_size=64, num_frames=8)
+    torch.testing.assert_close(enc_full(x), source(x))
+
+
+def test_checkpoint_errors_name_the_file_or_key(tmp_path, train_ckpt):
+    with pytest.raises(CheckpointError, match="nope.pt' does not exist"):
+        load_encoder(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="probe.encoder_key='predictor' is not known"):
+        load_encoder(train_ckpt, key="predictor")
+    path = official_pt(tmp_path, vit("vit_tiny", img_size=64, num_frames=8))
+    raw = torch.load(path)
+    del raw["target_encoder"]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="has no 'target_encoder' entry; it has encoder"):
+        load_encoder(path, model=dict(size="vit_tiny"))
+    with pytest.raises(CheckpointError, match=r"official.pt' does not match the model architecture: mis-shaped "
+                                              r"\(148\): blocks.0.attn.proj.bias \(file \(192,\), model \(384,\)\).* and 140 more"):
+        load_encoder(path, key="encoder", model=dict(size="vit_small"))
+
+
+def small_probe(num_classes=5, lrs=(1e-2, 1e-3), wds=(0.0, 0.5)):
+    torch.manual_seed(0)
+    encoder = vit("vit_tiny", img_size=32, num_frames=2, depth=1)
+    return MultiHeadProbe(encoder, num_classes, lrs, wds, num_probe_blocks=2, num_heads=4)
+
+
+def test_heads_are_independent_in_the_joint_step():
+    probe = small_probe()
+    tokens = torch.randn(6, 4, 192)
+    labels = torch.randint(0, 5, (6,))
+    reference = copy.deepcopy(probe.heads)
+    optimizer = probe.configure_optimizers()
+    sum(F.cross_entropy(h(tokens), labels) for h in probe.heads).backward()
+    optimizer.step()
+    # each head stepped alone with its own AdamW settings ends at the same parameters
+    for i, (head, (lr, wd)) in enumerate(zip(reference, probe.grid)):
+        alone = torch.optim.AdamW(
+            [{"params": [p for n, p in head.named_parameters() if p.ndim > 1 and not n.endswith(".bias")],
+              "weight_decay": wd},
+             {"params": [p for n, p in head.named_parameters() if p.ndim <= 1 or n.endswith(".bias")],
+              "weight_decay": 0.0}], lr=lr)
+        F.cross_entropy(head(tokens), labels).backward()
+        alone.step()
+        for (name, a), b in zip(head.named_parameters(), probe.heads[i].parameters()):
+            torch.testing.assert_close(a, b, msg=f"head {i} {name}")
+    # and one head's loss gives gradients to that head only
+    probe.zero_grad(set_to_none=True)
+    F.cross_entropy(probe.heads[2](tokens), labels).backward()
+    for i, head in enumerate(probe.heads):
+        has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+        assert has_grad == (i == 2)
+
+
+def test_view_averaging_hand_count():
+    logits = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [0.0, 0.0]])  # 2 videos x 2 views
+    torch.testing.assert_close(average_views(logits, 2), torch.tensor([[2.0, 1.0], [0.0, 2.0]]))
+
+
+class FixedLogits(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, tokens):
+        return self.logits
+
+
+def test_metrics_and_best_head_against_a_hand_count():
+    probe = small_probe(num_classes=6, lrs=(1e-3,), wds=(0.0, 0.1))
+    labels = torch.tensor([0, 1, 2, 5])
+    # 4 videos x 2 views; after averaging, head 0 ranks the label: 1st, 1st, 3rd, 6th; head 1: 1st every time
+    view = torch.tensor([[5, 0, 0, 0, 0, 0], [0, 5, 0, 0, 0, 0], [4, 3, 2, 1, 0, 0], [5, 4, 3, 2, 1, 0]]).float()
+    good = F.one_hot(labels, 6).float() * 9
+    probe.heads = nn.ModuleList([FixedLogits(view.repeat_interleave(2, 0)), FixedLogits(good.repeat_interleave(2, 0))])
+    video = torch.randn(4, 2, 3, 2, 32, 32)  # (B, views, C, T, H, W)
+    probe.validation_step({"video": video, "label": labels}, 0)
+    probe.on_validation_epoch_end = MultiHeadProbe.on_validation_epoch_end.__get__(probe)
+    probe.log_dict = lambda *a, **k: None
+    probe.on_validation_epoch_end()
+    head0, head1 = probe.results
+    assert head0["top1"] == pytest.approx(2 / 4) and head0["top5"] == pytest.approx(3 / 4)
+    per_class = head0["per_class_top1"]
+    assert per_class[:3] == [1.0, 1.0, 0.0] and per_class[5] == 0.0
+    assert head1["top1"] == 1.0
+    assert probe.best()["head"] == 1
+
+
+@pytest.mark.slow
+def test_probe_py_end_to_end_beats_chance(tmp_path):
+    run_train(tmp_path / "pre", "trainer.max_steps=30")
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    out = run_script("probe.py", f"ckpt={ckpt}", "trainer.max_steps=60", "trainer.val_check_interval=60",
+                     "data.num_workers=0", "data.val_size=256", "print_config=false", "probe.lrs=[1e-3,3e-4]",
+                     "probe.weight_decays=[0.01,0.1]", f"hydra.run.dir={tmp_path / 'probe'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert len(results["heads"]) == 4 and results["num_classes"] == 8
+    best = results["best"]
+    assert best["top1"] == max(h["top1"] for h in results["heads"])
+    assert best["top1"] > 1.5 * results["chance_top1"], best  # 8 directions: chance is 12.5%
+    assert len(best["per_class_top1"]) == 8
+
+
+@pytest.mark.slow
+def test_probe_py_bad_checkpoint_is_one_line(tmp_path):
+    out = run_script("probe.py", f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"error: ckpt='{tmp_path / 'missing.ckpt'}' does not exist; " \
+                                                  "give a train.py .ckpt or an official V-JEPA 2 .pt."
