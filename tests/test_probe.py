@@ -136,12 +136,12 @@ def test_metrics_and_best_head_against_a_hand_count():
 def test_probe_py_end_to_end_beats_chance(tmp_path):
     run_train(tmp_path / "pre", "trainer.max_steps=30")
     ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
-    out = run_script("probe.py", f"ckpt={ckpt}", "trainer.max_steps=60", "trainer.val_check_interval=60",
-                     "data.num_workers=0", "data.val_size=256", "print_config=false", "probe.lrs=[1e-3,3e-4]",
-                     "probe.weight_decays=[0.01,0.1]", f"hydra.run.dir={tmp_path / 'probe'}")
+    out = run_script("probe.py", f"ckpt={ckpt}", "trainer.max_steps=100", "trainer.val_check_interval=100",
+                     "data.num_workers=0", "data.val_size=256", "print_config=false",
+                     f"hydra.run.dir={tmp_path / 'probe'}")
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "probe" / "results.json").read_text())
-    assert len(results["heads"]) == 4 and results["num_classes"] == 8
+    assert len(results["heads"]) == 20 and results["num_classes"] == 8
     best = results["best"]
     assert best["top1"] == max(h["top1"] for h in results["heads"])
     assert best["top1"] > 1.5 * results["chance_top1"], best  # 8 directions: chance is 12.5%
