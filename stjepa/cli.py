@@ -24,7 +24,7 @@ def run_or_exit(fn: Callable[..., Any], *args: Any) -> Any:
     no traceback."""
     try:
         return fn(*args)
-    except (ConfigError, CheckpointError, ManifestError, NoUsableVideoError, ValueError) as exc:
+    except (ConfigError, CheckpointError, ManifestError, NoUsableVideoError) as exc:
         # errors raised in DataLoader workers arrive with the worker's traceback in the message
         message = str(exc).strip().splitlines()[-1]
         if isinstance(exc, NoUsableVideoError) and ":" in message and "NoUsableVideoError" in message:

@@ -11,7 +11,7 @@ import rich.table
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import load_encoder
+from .checkpoint import CheckpointError, load_encoder
 from .config import ConfigError, check_required
 from .loggers import build_loggers, flat_config
 from .models.factory import split_attention
@@ -53,13 +53,18 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     attention = None
     if cfg.get("attention") is not None:
         attention, _ = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-    encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
-                           attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
-                            cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
-                            cfg.probe.final_lr_fraction, cfg.probe.label_smoothing)
+    try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
+        encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
+                               attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
+                                cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
+                                cfg.probe.final_lr_fraction, cfg.probe.label_smoothing)
+    except ValueError as exc:
+        if isinstance(exc, (ConfigError, CheckpointError)) or type(exc).__name__ == "ManifestError":
+            raise
+        raise ConfigError(str(exc)) from exc
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)

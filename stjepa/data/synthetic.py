@@ -27,13 +27,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = 8  # angle k * 45 degrees, k in 0..7
 SPEEDS = (1.0, 2.5)  # pixels per frame at 64 px (slow, fast); scaled by size / 64
 LABEL_TASKS = ("direction", "shape", "speed", "shape_direction")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NOISE = 6  # default per-pixel noise: uniform integer in [-NOISE, NOISE] on the 0..255 scale
 RADIUS_RANGE = (0.09, 0.15)  # shape size as a fraction of the frame side
