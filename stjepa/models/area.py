@@ -110,10 +110,6 @@ class AreaLayout:
 
     # -- facts derived from the counts -------------------------------------------------
     @property
-    def batch(self) -> int:
-        return self.area.shape[0]
-
-    @property
     def tokens(self) -> int:
         return self.area.shape[1]
 
@@ -125,11 +121,6 @@ class AreaLayout:
     @cached_property
     def max_area(self) -> int:
         return int(self.counts_host.max()) if self.counts_host.numel() else 0
-
-    @cached_property
-    def pair_count(self) -> int:
-        """Query-key pairs attended per head, summed over the batch (for FLOP counts)."""
-        return int((self.counts_host**2).sum())
 
     def _resolve(self, backend: str) -> str:
         if backend != "auto":

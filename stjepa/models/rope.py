@@ -47,14 +47,6 @@ class RopeTables:
         angles = torch.cat([_axis_frequencies(p, dim, exact) for p in (t, h, w)], dim=-1).unsqueeze(1)
         return cls(cos=angles.cos().to(dtype), sin=angles.sin().to(dtype))
 
-    def gather(self, index: Tensor) -> "RopeTables":
-        """Reorder the token axis with (B, N') indices."""
-        idx = index[:, None, :, None].expand(-1, 1, -1, self.cos.shape[-1])
-        return RopeTables(self.cos.gather(2, idx), self.sin.gather(2, idx))
-
-    def repeat_batch(self, times: int) -> "RopeTables":
-        return RopeTables(self.cos.repeat(times, 1, 1, 1), self.sin.repeat(times, 1, 1, 1))
-
 
 def _rotate_pairs(x: Tensor) -> Tensor:
     # (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)
