@@ -2,9 +2,10 @@
 import hydra
 from omegaconf import DictConfig
 
-from stjepa.cli import load_env, run_or_exit
+from stjepa.cli import load_env, register_resolvers, run_or_exit
 
 load_env()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

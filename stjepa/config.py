@@ -11,6 +11,7 @@ from .models.attention_config import AttentionConfig
 from .models.factory import split_attention
 from .models.masks import MaskSpec
 from .models.vision_transformer import VIT_SIZES
+from .pretrain import NONFINITE_ACTIONS
 from .schedules import LR_SCHEDULES
 
 
@@ -116,3 +117,33 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("ckpt_path and resume=true both choose a checkpoint to resume from; give one of them.")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a train.py .ckpt file.")
+    action = cfg.module.get("on_nonfinite", "stop")
+    if action not in NONFINITE_ACTIONS:
+        raise ConfigError(f"module.on_nonfinite={action!r} is not known; allowed values are "
+                          f"{', '.join(NONFINITE_ACTIONS)}.")
+    every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")
+    if every is not None:
+        _positive_int(every, "callbacks.last_checkpoint.every_n_train_steps")
+    check_launch(cfg)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Multi-process strategies started locally inside a sweep would re-run the whole sweep in
+    every child process (Lightning relaunches the command line); under SLURM each task is
+    started by srun instead, which is fine."""
+    import os
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    spawning = strategy.startswith(("ddp", "fsdp")) and "spawn" not in strategy
+    if spawning and _world_size(cfg.trainer) > 1 and _is_multirun() and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError(f"trainer.strategy={strategy} with {_world_size(cfg.trainer)} processes cannot start "
+                          "inside a local multirun (-m); run each job alone, or sweep with "
+                          "hydra/launcher=submitit_slurm.")
+

@@ -23,6 +23,13 @@ DEFAULT_OPTIM = dict(
 )
 
 
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients are NaN/inf; training stops without saving."""
+
+
 def jepa_loss(predictions: list[Tensor], targets: list[Tensor], loss_exp: float = 1.0) -> Tensor:
     """mean |pred - target|^p / p per mask set, averaged over mask sets (p = 1: L1)."""
     per_set = [(p - t).abs().pow(loss_exp).mean() / loss_exp for p, t in zip(predictions, targets)]
@@ -39,6 +46,7 @@ class JEPAPretrainModule(L.LightningModule):
         crop_size: int = 224,
         compile: bool = False,
         log_flops_every_n_steps: int = 10,
+        on_nonfinite: str = "stop",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -52,7 +60,13 @@ class JEPAPretrainModule(L.LightningModule):
             self.load_initial_weights(model["init_from"])
         self.compile_models = compile
         self.log_flops_every_n_steps = log_flops_every_n_steps
+        if on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not known; allowed values are "
+                             f"{', '.join(NONFINITE_ACTIONS)}.")
+        self.on_nonfinite = on_nonfinite
         self._total_steps = 1
+        self._skip_step = False  # set when this step's loss or gradients are not finite (skip mode)
+        self.skipped_steps = 0
 
     # -- weights ---------------------------------------------------------------------------
     def load_initial_weights(self, path: str) -> None:
@@ -79,7 +93,9 @@ class JEPAPretrainModule(L.LightningModule):
                 module.compile()
 
     # -- schedules -------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def build_optimizer(self, fused: bool | None = None) -> torch.optim.AdamW:
+        """AdamW over encoder and predictor; no weight decay on biases and 1-D weights (as
+        upstream). Fused on CUDA unless told otherwise."""
         o = self.optim
         decay, no_decay = [], []
         for module in (self.encoder, self.predictor):
@@ -88,9 +104,12 @@ class JEPAPretrainModule(L.LightningModule):
                     (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": o["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0, "exclude_from_wd": True}]
-        fused = self.device.type == "cuda"
-        self._total_steps = max(int(self.trainer.estimated_stepping_batches * o["schedule_scale"]), 1)
+        fused = self.device.type == "cuda" if fused is None else fused
         return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
+
+    def configure_optimizers(self):
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches * self.optim["schedule_scale"]), 1)
+        return self.build_optimizer()
 
     def schedule_values(self, step: int) -> dict[str, float]:
         o, total = self.optim, self._total_steps
@@ -109,8 +128,37 @@ class JEPAPretrainModule(L.LightningModule):
         return values
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.update_target_encoder(self.schedule_values(self.global_step)["ema"])
+        self._skip_step = False
+        super().optimizer_step(*args, **kwargs)  # runs training_step and backward (the closure)
+        if not self._skip_step:
+            self.update_target_encoder(self.schedule_values(self.global_step)["ema"])
+
+    # -- numerical faults ------------------------------------------------------------------
+    def _all_finite(self, value: Tensor) -> bool:
+        """Whether ``value`` is finite on every rank (ranks must agree to stop or skip together)."""
+        return self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(value).all()), all=True)
+
+    def _nonfinite(self, what: str) -> None:
+        """Stop (raise) or mark the step to be skipped, per ``on_nonfinite``."""
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"the {what} is not finite at step {self.global_step}; training stopped and the last checkpoint "
+                f"is kept (module.on_nonfinite=skip skips such batches instead).")
+        self._skip_step = True
+        self.skipped_steps += 1
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        squared = torch.stack(torch._foreach_norm(grads)).square().sum()
+        if type(self.trainer.strategy).__name__ == "FSDPStrategy":  # each rank holds a shard of the gradients
+            squared = self.trainer.strategy.reduce(squared, reduce_op="sum")
+        norm = squared.sqrt()
+        self.log("train/grad_norm", norm, batch_size=1)
+        if not self._all_finite(norm):
+            self._nonfinite("gradient norm")
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
 
     @torch.no_grad()
     def update_target_encoder(self, momentum: float) -> None:
@@ -132,10 +180,14 @@ class JEPAPretrainModule(L.LightningModule):
         loss = jepa_loss(preds, targets, self.optim["loss_exp"])
         return loss, z, h
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         values = self._apply_schedules()
         loss, z, _ = self.shared_step(batch)
         B = batch["video"].shape[0]
+        if not self._all_finite(loss.detach()):
+            self._nonfinite("training loss")  # raises in stop mode
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=B)
+            return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
                        "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),

@@ -95,19 +95,27 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(moments, moments_b))
 
 
-def test_resume_true_picks_the_newest_last_ckpt(tmp_path):
+def test_resume_true_picks_the_newest_last_ckpt_of_the_same_command(tmp_path):
     from stjepa.training import find_resume_checkpoint
 
-    cfg = compose_config(tmp_path, ["resume=true"])
-    with pytest.raises(ValueError, match="resume=true found no last.ckpt"):
-        find_resume_checkpoint(cfg)
-    older = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
-    newer = tmp_path / "logs" / "train" / "multiruns" / "b" / "0" / "checkpoints" / "last.ckpt"
-    for i, p in enumerate((older, newer)):
+    cfg = compose_config(tmp_path, ["resume=true", "attention=area_2x2"])
+    assert find_resume_checkpoint(cfg) is None  # nothing yet: a fresh start
+    runs = tmp_path / "logs" / "train"
+    older = runs / "runs" / "a" / "checkpoints" / "last.ckpt"
+    newer = runs / "multiruns" / "b" / "0" / "checkpoints" / "last.ckpt"
+    other = runs / "runs" / "c" / "checkpoints" / "last.ckpt"  # newest, but another command
+    for i, (p, overrides) in enumerate(((older, "[attention=area_2x2]"), (newer, "[attention=area_2x2, resume=true]"),
+                                        (other, "[attention=area_2x2, seed=1]"))):
         p.parent.mkdir(parents=True)
         p.write_bytes(b"x")
         os.utime(p, (1000 + i, 1000 + i))
+        (p.parents[1] / ".hydra").mkdir()
+        (p.parents[1] / ".hydra" / "overrides.yaml").write_text(overrides)
     assert find_resume_checkpoint(cfg) == str(newer)
+    own = tmp_path / "checkpoints" / "last.ckpt"  # this run's own directory comes first
+    own.parent.mkdir()
+    own.write_bytes(b"x")
+    assert find_resume_checkpoint(cfg) == str(own)
 
 
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):

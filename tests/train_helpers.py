@@ -16,6 +16,9 @@ FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_va
 
 
 def compose_config(tmp_path, overrides=(), config_name="train"):
+    from stjepa.cli import register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
