@@ -8,27 +8,10 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import ConfigError, default_precision, launcher_value
 from .data.manifests import ManifestError
 from .data.video_dataset import NoUsableVideoError
 from .pretrain import NonFiniteLossError
-
-
-def launcher_value(key: str, default: Any = None) -> Any:
-    """``${launcher:gpus_per_node,1}``: a setting of the Hydra launcher running this job (the
-    submitit SLURM launcher's nodes / gpus_per_node), or ``default`` under launchers without it,
-    so the trainer's devices and nodes follow what was asked of SLURM."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return default
-    value = OmegaConf.select(HydraConfig.get(), f"launcher.{key}", default=None)
-    return default if value is None else value
-
-
-def default_precision(accelerator: str) -> str:
-    """``${default_precision:${.accelerator}}``: bf16 mixed precision on GPUs, fp32 on CPU."""
-    return "32-true" if str(accelerator) == "cpu" else "bf16-mixed"
 
 
 def register_resolvers() -> None:

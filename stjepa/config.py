@@ -127,6 +127,23 @@ def check_train_config(cfg: DictConfig) -> None:
     check_launch(cfg)
 
 
+def launcher_value(key: str, default: Any = None) -> Any:
+    """``${launcher:gpus_per_node,1}``: a setting of the Hydra launcher running this job (the
+    submitit SLURM launcher's nodes / gpus_per_node), or ``default`` under launchers without it,
+    so the trainer's devices and nodes follow what was asked of SLURM."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    value = OmegaConf.select(HydraConfig.get(), f"launcher.{key}", default=None)
+    return default if value is None else value
+
+
+def default_precision(accelerator: str) -> str:
+    """``${default_precision:${.accelerator}}``: bf16 mixed precision on GPUs, fp32 on CPU."""
+    return "32-true" if str(accelerator) == "cpu" else "bf16-mixed"
+
+
 def _is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -140,8 +157,15 @@ def check_launch(cfg: DictConfig) -> None:
     started by srun instead, which is fine."""
     import os
 
-    strategy = str(cfg.trainer.get("strategy", "auto"))
+    strategy = cfg.trainer.get("strategy", "auto")
+    if OmegaConf.is_dict(strategy):  # DDPStrategy / FSDPStrategy objects configured by _target_
+        strategy = str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
+    strategy = str(strategy)
     spawning = strategy.startswith(("ddp", "fsdp")) and "spawn" not in strategy
+    gpus, tasks = launcher_value("gpus_per_node"), launcher_value("tasks_per_node")
+    if gpus and tasks is not None and gpus != tasks and strategy.startswith(("ddp", "fsdp")):
+        raise ConfigError(f"hydra.launcher.tasks_per_node={tasks} but hydra.launcher.gpus_per_node={gpus}: Lightning "
+                          "runs one SLURM task per GPU, so set both to the same number (hydra/launcher=slurm does).")
     if spawning and _world_size(cfg.trainer) > 1 and _is_multirun() and "SLURM_JOB_ID" not in os.environ:
         raise ConfigError(f"trainer.strategy={strategy} with {_world_size(cfg.trainer)} processes cannot start "
                           "inside a local multirun (-m); run each job alone, or sweep with "

@@ -173,3 +173,28 @@ def test_the_same_seed_gives_the_same_first_losses(tmp_path):
     assert_same_weights(state_a, state_b)
     assert all(x != y for x, y in zip(a, c))
     assert not torch.equal(state_a["encoder.patch_embed.proj.weight"], state_c["encoder.patch_embed.proj.weight"])
+
+
+def test_slurm_launcher_settings_drive_the_trainer_and_mismatches_are_refused(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from stjepa.config import ConfigError, check_train_config
+    from train_helpers import compose_config
+
+    cfg = compose_config(tmp_path, ["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.nodes=2",
+                                    "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=learn"])
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.precision) == (4, 2, "bf16-mixed")
+    assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.timeout_min > 0
+    cfg = compose_config(tmp_path, ["hydra/launcher=submitit_slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=8"])
+    with pytest.raises(ConfigError, match="tasks_per_node=1 but hydra.launcher.gpus_per_node=8"):
+        check_train_config(cfg)
+    cpu = compose_config(tmp_path, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    assert (cpu.trainer.devices, cpu.trainer.num_nodes, cpu.trainer.precision) == (2, 1, "32-true")
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    OmegaConf.set_readonly(cpu.hydra, False)
+    cpu.hydra.mode = "MULTIRUN"  # as inside `train.py -m ...`
+
+    HydraConfig.instance().set_config(cpu)
+    with pytest.raises(ConfigError, match="cannot start inside a local multirun"):
+        check_train_config(cpu)
