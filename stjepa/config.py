@@ -162,6 +162,9 @@ def check_launch(cfg: DictConfig) -> None:
         strategy = str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
     strategy = str(strategy)
     spawning = strategy.startswith(("ddp", "fsdp")) and "spawn" not in strategy
+    if strategy.startswith("fsdp") and cfg.trainer.get("accelerator") == "cpu":
+        raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDP has no CPU support); use trainer=ddp "
+                          "trainer.accelerator=cpu to test data parallelism on CPU.")
     gpus, tasks = launcher_value("gpus_per_node"), launcher_value("tasks_per_node")
     if gpus and tasks is not None and gpus != tasks and strategy.startswith(("ddp", "fsdp")):
         raise ConfigError(f"hydra.launcher.tasks_per_node={tasks} but hydra.launcher.gpus_per_node={gpus}: Lightning "

@@ -68,8 +68,6 @@ def quiet_duplicate_logs() -> None:
 def is_launching_process() -> bool:
     """False in the extra processes Lightning starts for multi-device runs (they repeat the
     command line with LOCAL_RANK set) and in SLURM tasks other than the first."""
-    import os
-
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0"
 
 

@@ -187,6 +187,9 @@ def test_slurm_launcher_settings_drive_the_trainer_and_mismatches_are_refused(tm
     cfg = compose_config(tmp_path, ["hydra/launcher=submitit_slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=8"])
     with pytest.raises(ConfigError, match="tasks_per_node=1 but hydra.launcher.gpus_per_node=8"):
         check_train_config(cfg)
+    fsdp = compose_config(tmp_path, ["trainer=fsdp", "trainer.accelerator=cpu"])
+    with pytest.raises(ConfigError, match="trainer=fsdp needs GPUs"):
+        check_train_config(fsdp)
     cpu = compose_config(tmp_path, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
     assert (cpu.trainer.devices, cpu.trainer.num_nodes, cpu.trainer.precision) == (2, 1, "32-true")
     from hydra.core.hydra_config import HydraConfig
