@@ -31,7 +31,7 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
         if every_n_train_steps is not None and (isinstance(every_n_train_steps, bool)
                                                 or not isinstance(every_n_train_steps, int) or every_n_train_steps < 1):
-            raise ValueError(f"checkpoint_every_n_steps={every_n_train_steps!r} is not allowed; allowed values are "
+            raise ValueError(f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is not allowed; allowed values are "
                              "integers >= 1, or null to save only when training ends.")
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, monitor=None,
                          every_n_train_steps=every_n_train_steps, **kwargs)

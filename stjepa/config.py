@@ -2,6 +2,7 @@
 names the key and what is allowed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,6 @@ def check_launch(cfg: DictConfig) -> None:
     """Multi-process strategies started locally inside a sweep would re-run the whole sweep in
     every child process (Lightning relaunches the command line); under SLURM each task is
     started by srun instead, which is fine."""
-    import os
-
     strategy = cfg.trainer.get("strategy", "auto")
     if OmegaConf.is_dict(strategy):  # DDPStrategy / FSDPStrategy objects configured by _target_
         strategy = str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
@@ -172,5 +171,5 @@ def check_launch(cfg: DictConfig) -> None:
     if spawning and _world_size(cfg.trainer) > 1 and _is_multirun() and "SLURM_JOB_ID" not in os.environ:
         raise ConfigError(f"trainer.strategy={strategy} with {_world_size(cfg.trainer)} processes cannot start "
                           "inside a local multirun (-m); run each job alone, or sweep with "
-                          "hydra/launcher=submitit_slurm.")
+                          "hydra/launcher=slurm.")
 

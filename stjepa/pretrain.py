@@ -146,6 +146,7 @@ class JEPAPretrainModule(L.LightningModule):
                 f"is kept (module.on_nonfinite=skip skips such batches instead).")
         self._skip_step = True
         self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -186,7 +187,6 @@ class JEPAPretrainModule(L.LightningModule):
         B = batch["video"].shape[0]
         if not self._all_finite(loss.detach()):
             self._nonfinite("training loss")  # raises in stop mode
-            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=B)
             return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],

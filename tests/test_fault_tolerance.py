@@ -147,6 +147,7 @@ def test_skip_mode_leaves_the_weights_of_a_nonfinite_step_untouched(tmp_path, wh
     final = load_state(tmp_path / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
     assert not torch.equal(final["encoder.norm.weight"], record["after"]["norm.weight"])  # later steps train
+    assert {v for _, v in series(read_metrics(tmp_path), "train/skipped_steps")} == {1.0}  # one skip, counted
 
 
 def test_gradient_norm_is_logged_every_step(tmp_path):
