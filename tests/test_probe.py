@@ -153,3 +153,21 @@ def test_probe_py_bad_checkpoint_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == f"error: ckpt='{tmp_path / 'missing.ckpt'}' does not exist; " \
                                                   "give a train.py .ckpt or an official V-JEPA 2 .pt."
+
+
+@pytest.mark.slow
+def test_probe_py_multirun_over_checkpoints_and_layouts(tmp_path, train_ckpt):
+    """`probe.py -m ckpt=a,b attention=...`: one job per combination, each with its own results.json."""
+    other = tmp_path / "copy.ckpt"
+    other.write_bytes(train_ckpt.read_bytes())
+    sweep = tmp_path / "sweep"
+    out = run_script("probe.py", "-m", f"ckpt={train_ckpt},{other}", "attention=full,area_2x2",
+                     "trainer.max_steps=2", "trainer.val_check_interval=2", "data.num_workers=0", "data.val_size=8",
+                     "probe.lrs=[1e-3]", "probe.weight_decays=[0.01]", "print_config=false",
+                     "callbacks.rich_progress_bar=null", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4
+    seen = {(json.loads((j / "results.json").read_text())["ckpt"],
+             json.loads((j / "results.json").read_text())["attention"]) for j in jobs}
+    assert seen == {(str(c), tag) for c in (train_ckpt, other) for tag in ("full", "area-t1h2w2-L0:auto")}

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from .collate import MaskingCollate
 from .manifests import load_manifests, save_label_map
 from .sampler import StreamSampler
-from .synthetic import LABEL_TASKS, MovingShapesDataset, num_classes
+from .synthetic import MovingShapesDataset, num_classes
 from .transforms import EvalTransform, TrainTransform
 from .video_dataset import VideoClipDataset
 
@@ -130,22 +130,22 @@ class SyntheticDataModule(VideoDataModule):
     """Moving-shapes videos made on the fly (no files): the default for a first run."""
 
     def __init__(self, train_size: int = 2048, val_size: int = 256, label: str = "direction",
-                 frame_step: float = 1.0, **common: Any):
+                 frame_step: float = 1.0, num_shapes: int = 1, boundary: str = "bounce", **common: Any):
         super().__init__(**common)
-        if label not in LABEL_TASKS:
-            raise ValueError(f"data.label={label!r} is not known; allowed values are {', '.join(LABEL_TASKS)}.")
         for key, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}.")
-        self.train_size, self.val_size, self.label, self.frame_step = train_size, val_size, label, frame_step
+        self.train_size, self.val_size = train_size, val_size
+        self.options = dict(label=label, frame_step=frame_step, num_shapes=num_shapes, boundary=boundary)
+        MovingShapesDataset(1, self.frames_per_clip, self.crop_size, **self.options)  # checks the options now
 
     @property
     def num_classes(self) -> int:
-        return num_classes(self.label)
+        return num_classes(self.options["label"])
 
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         def make(n: int, seed: int) -> MovingShapesDataset:
-            return MovingShapesDataset(n, self.frames_per_clip, self.crop_size, seed, self.label, self.frame_step)
+            return MovingShapesDataset(n, self.frames_per_clip, self.crop_size, seed, **self.options)
 
         # distinct seeds: validation clips are never training clips
         return make(self.train_size, self.seed), (make(self.val_size, self.seed + 7919) if self.val_size else None)

@@ -1,10 +1,12 @@
 """Seeded "moving shapes" videos, generated on the fly.
 
-One clip shows a single flat-coloured shape (circle, square or upright triangle) on a flat
-background, moving in a straight line and bouncing off the frame borders. The motion
-direction is one of ``DIRECTIONS`` angles, so a ``direction`` label can only be read from
+One clip shows ``num_shapes`` flat-coloured copies of one shape (circle, square or upright
+triangle) on a flat background, all moving in a straight line with the same velocity. The
+motion direction is one of ``DIRECTIONS`` angles, so a ``direction`` label can only be read from
 how the frames change over time: a probe on a pretrained video encoder should beat one on a
-random encoder.
+random encoder. At the borders a shape either bounces (``boundary="bounce"``: it stays whole,
+and its direction flips) or wraps around (``boundary="wrap"``: it leaves on one side and comes
+back on the other, so every shape keeps the clip's direction for the whole clip).
 
 Conventions (image coordinates): ``x`` is the column index, growing to the right; ``y`` is
 the row index, growing downwards. Direction ``k`` has angle ``k * 45`` degrees measured
@@ -33,11 +35,12 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = 8  # angle k * 45 degrees, k in 0..7
 SPEEDS = (1.0, 2.5)  # pixels per frame at 64 px (slow, fast); scaled by size / 64
 LABEL_TASKS = ("direction", "shape", "speed", "shape_direction")
+BOUNDARIES = ("bounce", "wrap")
 
 
 NOISE = 6  # default per-pixel noise: uniform integer in [-NOISE, NOISE] on the 0..255 scale
 RADIUS_RANGE = (0.09, 0.15)  # shape size as a fraction of the frame side
-START_RANGE = (0.2, 0.8)  # start centre as a fraction of the frame, per axis
+START_RANGE = (0.2, 0.8)  # start centre of the first shape as a fraction of the frame, per axis (others: anywhere)
 MIN_CONTRAST = 0.3  # every colour channel differs from the background by at least this much
 
 # Half-side of the square and circumradius of the triangle relative to ``radius``, chosen so
@@ -49,14 +52,22 @@ _EXTENT = {"circle": 1.0, "square": _SQUARE_HALF, "triangle": _TRIANGLE_R}
 
 
 @dataclass(frozen=True)
+class ShapeParams:
+    """One moving shape of a clip."""
+
+    color: tuple[float, float, float]  # RGB in [0, 1]
+    start: tuple[float, float]  # (y, x) centre at frame 0 as a fraction of the frame
+    radius: float  # size as a fraction of the frame side
+
+
+@dataclass(frozen=True)
 class ClipParams:
-    shape: int  # index into SHAPES
+    shape: int  # index into SHAPES (every shape of the clip has this kind)
     direction: int  # 0..DIRECTIONS-1, see the module docstring for the convention
     speed: int  # index into SPEEDS
-    color: tuple[float, float, float]  # RGB in [0, 1]
     background: tuple[float, float, float]  # RGB in [0, 1]
-    start: tuple[float, float]  # (y, x) start centre as a fraction of the frame
-    radius: float  # shape size as a fraction of the frame side
+    objects: tuple[ShapeParams, ...]  # drawn in order, later ones on top
+    boundary: str = "bounce"  # one of BOUNDARIES
 
 
 def _stable_seed(*values: object) -> int:
@@ -71,23 +82,36 @@ def direction_vector(direction: int) -> tuple[float, float]:
     return -math.sin(angle), math.cos(angle)
 
 
-def sample_params(generator: torch.Generator) -> ClipParams:
-    """Draw the parameters of one clip; all randomness comes from ``generator``."""
+def _contrasting(reference: tuple[float, ...], offsets: list[float]) -> tuple[float, float, float]:
+    """A colour whose every channel is 0.3..0.7 (mod 1) away from ``reference``: >= MIN_CONTRAST apart."""
+    return tuple((c + MIN_CONTRAST + o * (1.0 - 2.0 * MIN_CONTRAST)) % 1.0 for c, o in zip(reference, offsets))
+
+
+def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str = "bounce") -> ClipParams:
+    """Draw the parameters of one clip; all randomness comes from ``generator``.
+
+    The first shape starts inside ``START_RANGE``; further shapes start anywhere in the frame
+    and get their own colour, also at least ``MIN_CONTRAST`` away from the background.
+    """
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"data.boundary={boundary!r} is not known; allowed values are {', '.join(BOUNDARIES)}.")
     ints = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
     u = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
     color = tuple(u[0:3])
-    # Offsetting each channel by 0.3..0.7 (mod 1) keeps every channel >= MIN_CONTRAST away.
-    background = tuple((c + MIN_CONTRAST + o * (1.0 - 2.0 * MIN_CONTRAST)) % 1.0 for c, o in zip(color, u[3:6]))
+    background = _contrasting(color, u[3:6])
     lo, hi = START_RANGE
     r_lo, r_hi = RADIUS_RANGE
+    objects = [ShapeParams(color, (lo + (hi - lo) * u[6], lo + (hi - lo) * u[7]), r_lo + (r_hi - r_lo) * u[8])]
+    for _ in range(num_shapes - 1):
+        v = torch.rand(6, generator=generator, dtype=torch.float64).tolist()
+        objects.append(ShapeParams(_contrasting(background, v[0:3]), (v[3], v[4]), r_lo + (r_hi - r_lo) * v[5]))
     return ClipParams(
         shape=ints[0] % len(SHAPES),
         direction=ints[1] % DIRECTIONS,
         speed=ints[2] % len(SPEEDS),
-        color=color,  # type: ignore[arg-type]
         background=background,  # type: ignore[arg-type]
-        start=(lo + (hi - lo) * u[6], lo + (hi - lo) * u[7]),
-        radius=r_lo + (r_hi - r_lo) * u[8],
+        objects=tuple(objects),
+        boundary=boundary,
     )
 
 
@@ -100,52 +124,61 @@ def _reflect(p: Tensor, lo: float, hi: float) -> Tensor:
     return lo + length - (u - length).abs()
 
 
+def _shape_mask(name: str, ry: Tensor, rx: Tensor, r: float) -> Tensor:
+    """Pixels inside a shape of size ``r`` (pixels), given offsets ``ry``, ``rx`` from its centre."""
+    if name == "circle":
+        return ry.square() + rx.square() <= r * r
+    if name == "square":
+        half = r * _SQUARE_HALF
+        return (ry.abs() <= half) & (rx.abs() <= half)
+    # upright equilateral triangle: inside all three edges (inradius = circumradius / 2)
+    big_r = r * _TRIANGLE_R
+    s = math.sqrt(3.0) / 2.0
+    inner = big_r / 2.0
+    # Outward edge normals (dy, dx): bottom (0, +1 down), upper right and upper left.
+    return (ry <= inner) & (-0.5 * ry + s * rx <= inner) & (-0.5 * ry - s * rx <= inner)
+
+
 def render_clip(
     params: ClipParams, frames: int, size: int, frame_step: float = 1.0, *, noise: int = NOISE
 ) -> Tensor:
     """Render one clip as a uint8 tensor ``(T, H, W, 3)`` with ``T = frames`` and ``H = W = size``.
 
-    The shape centre at frame ``i`` is ``start + i * frame_step * speed * unit_vector`` (in
+    Each shape's centre at frame ``i`` is ``start + i * frame_step * speed * unit_vector`` (in
     pixels, with ``speed = SPEEDS[params.speed] * size / 64`` and the unit vector of the module
-    docstring), reflected at the borders so the whole shape stays in view. ``noise`` adds
-    uniform integer noise in ``[-noise, noise]`` per pixel and channel, seeded from ``params``
-    (so the same params always give the same clip); ``noise=0`` gives flat colours.
+    docstring), reflected at the borders so the whole shape stays in view (``bounce``) or taken
+    modulo the frame size (``wrap``: a shape crossing a border shows on both sides). ``noise``
+    adds uniform integer noise in ``[-noise, noise]`` per pixel and channel, seeded from
+    ``params`` (so the same params always give the same clip); ``noise=0`` gives flat colours.
     """
     if frames < 1 or size < 1:
         raise ValueError(f"render_clip needs frames >= 1 and size >= 1, got frames={frames}, size={size}.")
     name = SHAPES[params.shape]
-    r = params.radius * size
-    margin = r * _EXTENT[name]
     speed = SPEEDS[params.speed] * size / 64.0
     dy, dx = direction_vector(params.direction)
-
     # Continuous pixel coordinates: pixel j covers [j, j + 1], so its centre is j + 0.5.
     t = torch.arange(frames, dtype=torch.float32) * (frame_step * speed)
-    cy = _reflect(params.start[0] * size + t * dy, margin, size - margin).view(-1, 1, 1)
-    cx = _reflect(params.start[1] * size + t * dx, margin, size - margin).view(-1, 1, 1)
     grid = torch.arange(size, dtype=torch.float32) + 0.5
-    ry = grid.view(1, -1, 1) - cy  # (T, H, 1)
-    rx = grid.view(1, 1, -1) - cx  # (T, 1, W)
 
-    if name == "circle":
-        mask = ry.square() + rx.square() <= r * r
-    elif name == "square":
-        half = r * _SQUARE_HALF
-        mask = (ry.abs() <= half) & (rx.abs() <= half)
-    else:  # upright equilateral triangle: inside all three edges (inradius = circumradius / 2)
-        big_r = r * _TRIANGLE_R
-        s = math.sqrt(3.0) / 2.0
-        inner = big_r / 2.0
-        # Outward edge normals (dy, dx): bottom (0, +1 down), upper right and upper left.
-        mask = (ry <= inner) & (-0.5 * ry + s * rx <= inner) & (-0.5 * ry - s * rx <= inner)
-
-    color = torch.tensor(params.color, dtype=torch.float32).mul(255.0).round().to(torch.int16)
-    background = torch.tensor(params.background, dtype=torch.float32).mul(255.0).round().to(torch.int16)
-    clip = torch.where(mask.unsqueeze(-1), color, background)  # (T, H, W, 3) int16
+    clip = torch.tensor(params.background).mul(255.0).round().to(torch.int16).expand(frames, size, size, 3)
+    for obj in params.objects:
+        r = obj.radius * size
+        cy = obj.start[0] * size + t * dy
+        cx = obj.start[1] * size + t * dx
+        if params.boundary == "bounce":
+            margin = r * _EXTENT[name]
+            cy, cx = _reflect(cy, margin, size - margin), _reflect(cx, margin, size - margin)
+        ry = grid.view(1, -1, 1) - cy.view(-1, 1, 1)  # (T, H, 1)
+        rx = grid.view(1, 1, -1) - cx.view(-1, 1, 1)  # (T, 1, W)
+        if params.boundary == "wrap":  # shortest offset on the torus
+            ry = torch.remainder(ry + size / 2.0, size) - size / 2.0
+            rx = torch.remainder(rx + size / 2.0, size) - size / 2.0
+        color = torch.tensor(obj.color).mul(255.0).round().to(torch.int16)
+        clip = torch.where(_shape_mask(name, ry, rx, r).unsqueeze(-1), color, clip)  # (T, H, W, 3) int16
     if noise > 0:
         gen = torch.Generator().manual_seed(_stable_seed(params, frames, size, frame_step))
         clip = clip + torch.randint(-noise, noise + 1, clip.shape, generator=gen, dtype=torch.int16)
-    return clip.clamp_(0, 255).to(torch.uint8)
+    return clip.clamp(0, 255).to(torch.uint8)
 
 
 def label_of(params: ClipParams, task: str) -> int:
@@ -191,15 +224,19 @@ class MovingShapesDataset(Dataset):
         label: str = "direction",
         frame_step: float = 1.0,
         transform: Callable[[Tensor], Tensor] | None = None,
+        num_shapes: int = 1,
+        boundary: str = "bounce",
     ) -> None:
         for key, value, low in (("num_samples", num_samples, 1), ("frames_per_clip", frames_per_clip, 1),
-                                ("crop_size", crop_size, 8)):
+                                ("crop_size", crop_size, 8), ("num_shapes", num_shapes, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key}={value!r} is not allowed; allowed values are integers >= {low}.")
         if label not in LABEL_TASKS:
             raise ValueError(_unknown_task(label))
         if not (isinstance(frame_step, (int, float)) and frame_step > 0):
             raise ValueError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"data.boundary={boundary!r} is not known; allowed values are {', '.join(BOUNDARIES)}.")
         self.num_samples = num_samples
         self.frames_per_clip = frames_per_clip
         self.crop_size = crop_size
@@ -207,6 +244,8 @@ class MovingShapesDataset(Dataset):
         self.label = label
         self.frame_step = float(frame_step)
         self.transform = transform
+        self.num_shapes = num_shapes
+        self.boundary = boundary
         self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1, 1)
 
@@ -224,7 +263,8 @@ class MovingShapesDataset(Dataset):
     def params(self, i: int) -> ClipParams:
         """The parameters of item ``i`` (for labels, inspection, or writing the clip to a file)."""
         i = self._index(i)
-        return sample_params(torch.Generator().manual_seed(_stable_seed("moving_shapes", self.seed, i)))
+        gen = torch.Generator().manual_seed(_stable_seed("moving_shapes", self.seed, i))
+        return sample_params(gen, self.num_shapes, self.boundary)
 
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
