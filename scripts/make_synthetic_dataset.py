@@ -1,7 +1,9 @@
 """Write the seeded moving-shapes clips (``stjepa.data.synthetic``) as real video files.
 
-Video ``i`` shows clip ``MovingShapesDataset(seed=seed).params(i)`` (the same clip as item ``i``
-of the on-the-fly dataset, rendered at the file's size), encoded with PyAV. Layout::
+Video ``i`` shows clip ``MovingShapesDataset(seed=seed, num_shapes=..., boundary=...).params(i)``
+(item ``i`` of the on-the-fly dataset, rendered at the file's size), encoded with PyAV. The
+defaults write one bouncing shape per clip; ``--num-shapes 4 --boundary wrap`` gives the clips
+of ``data=synthetic``'s defaults. Layout::
 
     OUT_DIR/videos/<class_name>/shapes_00000.mp4   # class folders, Kinetics style
     OUT_DIR/train.txt, OUT_DIR/val.txt             # V-JEPA manifests: "<relative path> <int label>"
@@ -38,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stjepa.data.synthetic import (  # noqa: E402
+    BOUNDARIES,
     DIRECTIONS,
     LABEL_TASKS,
     SHAPES,
@@ -149,6 +152,8 @@ def make_dataset(
     label: str = "direction",
     val_fraction: float = 0.25,
     bad: bool = False,
+    num_shapes: int = 1,
+    boundary: str = "bounce",
     gop: int | None = None,
     verbose: bool = False,
 ) -> dict:
@@ -182,7 +187,8 @@ def make_dataset(
 
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    dataset = MovingShapesDataset(num_samples=num_videos, seed=seed, label=label)
+    dataset = MovingShapesDataset(num_samples=num_videos, seed=seed, label=label, num_shapes=num_shapes,
+                                  boundary=boundary)
     records = []
     for i in range(num_videos):
         fmt = formats[i % len(formats)]
@@ -206,8 +212,8 @@ def make_dataset(
     _write_lines(out / "train.txt", train_lines)
     _write_lines(out / "val.txt", val_lines)
     (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    meta = dict(seed=seed, label=label, frames=frames, sizes=sizes, fps=fps, formats=formats, gop=gop,
-                val_fraction=val_fraction, videos=records)
+    meta = dict(seed=seed, label=label, num_shapes=num_shapes, boundary=boundary, frames=frames, sizes=sizes,
+                fps=fps, formats=formats, gop=gop, val_fraction=val_fraction, videos=records)
     (out / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     summary = dict(out_dir=str(out), classes=classes, train=str(out / "train.txt"), val=str(out / "val.txt"),
@@ -265,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", choices=list(LABEL_TASKS), default="direction")
     parser.add_argument("--val-fraction", type=float, default=0.25)
+    parser.add_argument("--num-shapes", type=int, default=1, help="shapes per clip (data.num_shapes)")
+    parser.add_argument("--boundary", choices=list(BOUNDARIES), default="bounce",
+                        help="shapes bounce off or wrap around the borders (data.boundary)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     parser.add_argument("--bad", action="store_true", help="also write broken files and bad.txt")
     parser.add_argument("--quiet", action="store_true")
@@ -272,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fps = [int(f) if float(f).is_integer() else f for f in args.fps]
     summary = make_dataset(args.out_dir, num_videos=args.num_videos, frames=args.frames, sizes=args.sizes,
                            fps=fps, formats=args.formats, seed=args.seed, label=args.label,
-                           val_fraction=args.val_fraction, bad=args.bad, gop=args.gop, verbose=not args.quiet)
+                           val_fraction=args.val_fraction, bad=args.bad, gop=args.gop, verbose=not args.quiet,
+                           num_shapes=args.num_shapes, boundary=args.boundary)
     by_format: dict[str, int] = {}
     for r in summary["videos"]:
         by_format[r["format"]] = by_format.get(r["format"], 0) + 1

@@ -149,6 +149,20 @@ def test_backends_return_identical_frames(dataset, other):
                 assert torch.equal(got, expected), (record["path"], indices)
 
 
+def test_writer_keeps_the_shape_count_and_boundary(tmp_path):
+    """--num-shapes/--boundary: the files show the clips of data=synthetic's on-the-fly dataset."""
+    summary = mkds.make_dataset(tmp_path, num_videos=2, frames=6, sizes=(64,), fps=(8,), formats=FORMATS[:1],
+                                seed=3, num_shapes=3, boundary="wrap")
+    ds = MovingShapesDataset(num_samples=2, seed=3, num_shapes=3, boundary="wrap")
+    for record in summary["videos"]:
+        params = ds.params(record["index"])
+        assert len(record["params"]["objects"]) == 3 and record["params"]["boundary"] == "wrap"
+        with open_video(_video_path(tmp_path, record), "pyav") as reader:
+            decoded = reader.get_frames(range(6)).int()
+        source = render_clip(params, 6, 64).int()
+        assert (decoded - source).abs().float().mean() < MAX_MEAN_ABS_TO_SOURCE, record["path"]
+
+
 def test_decoded_frames_match_the_rendered_source(dataset):
     """Ties decoding to an independent reference: decoded frame i is rendered frame i."""
     out, summary = dataset

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from stjepa.checkpoint import CheckpointError, export_official, load_encoder
 from stjepa.models import vit
 from stjepa.probing import MultiHeadProbe, average_views
-from train_helpers import run_script, run_train
+from train_helpers import compose_config, run_script, run_train
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,12 @@ def test_probe_py_multirun_over_checkpoints_and_layouts(tmp_path, train_ckpt):
     seen = {(json.loads((j / "results.json").read_text())["ckpt"],
              json.loads((j / "results.json").read_text())["attention"]) for j in jobs}
     assert seen == {(str(c), tag) for c in (train_ckpt, other) for tag in ("full", "area-t1h2w2-L0:auto")}
+
+
+def test_probe_yaml_settings_override_the_group_defaults(tmp_path):
+    """probe.yaml's own data/trainer values must win over data=synthetic's and trainer=default's."""
+    cfg = compose_config(tmp_path, ["ckpt=x.ckpt"], config_name="probe")
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches) == (600, 200, 1.0)
+    assert (cfg.data.batch_size, cfg.data.val_size) == (32, 512)
+    cfg = compose_config(tmp_path, ["ckpt=x.ckpt", "trainer.max_steps=5", "data.batch_size=4"], config_name="probe")
+    assert (cfg.trainer.max_steps, cfg.data.batch_size) == (5, 4)  # the command line still wins
