@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stjepa.data.synthetic import (  # noqa: E402
     BOUNDARIES,
+    COLOR_MODES,
     DIRECTIONS,
     LABEL_TASKS,
     SHAPES,
@@ -154,6 +155,7 @@ def make_dataset(
     bad: bool = False,
     num_shapes: int = 1,
     boundary: str = "bounce",
+    colors: str = "random",
     gop: int | None = None,
     verbose: bool = False,
 ) -> dict:
@@ -188,7 +190,7 @@ def make_dataset(
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     dataset = MovingShapesDataset(num_samples=num_videos, seed=seed, label=label, num_shapes=num_shapes,
-                                  boundary=boundary)
+                                  boundary=boundary, colors=colors)
     records = []
     for i in range(num_videos):
         fmt = formats[i % len(formats)]
@@ -212,8 +214,8 @@ def make_dataset(
     _write_lines(out / "train.txt", train_lines)
     _write_lines(out / "val.txt", val_lines)
     (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    meta = dict(seed=seed, label=label, num_shapes=num_shapes, boundary=boundary, frames=frames, sizes=sizes,
-                fps=fps, formats=formats, gop=gop, val_fraction=val_fraction, videos=records)
+    meta = dict(seed=seed, label=label, num_shapes=num_shapes, boundary=boundary, colors=colors, frames=frames,
+                sizes=sizes, fps=fps, formats=formats, gop=gop, val_fraction=val_fraction, videos=records)
     (out / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     summary = dict(out_dir=str(out), classes=classes, train=str(out / "train.txt"), val=str(out / "val.txt"),
@@ -274,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--num-shapes", type=int, default=1, help="shapes per clip (data.num_shapes)")
     parser.add_argument("--boundary", choices=list(BOUNDARIES), default="bounce",
                         help="shapes bounce off or wrap around the borders (data.boundary)")
+    parser.add_argument("--colors", choices=list(COLOR_MODES), default="random",
+                        help="colours drawn per clip or the fixed mono palette (data.colors)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     parser.add_argument("--bad", action="store_true", help="also write broken files and bad.txt")
     parser.add_argument("--quiet", action="store_true")
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = make_dataset(args.out_dir, num_videos=args.num_videos, frames=args.frames, sizes=args.sizes,
                            fps=fps, formats=args.formats, seed=args.seed, label=args.label,
                            val_fraction=args.val_fraction, bad=args.bad, gop=args.gop, verbose=not args.quiet,
-                           num_shapes=args.num_shapes, boundary=args.boundary)
+                           num_shapes=args.num_shapes, boundary=args.boundary, colors=args.colors)
     by_format: dict[str, int] = {}
     for r in summary["videos"]:
         by_format[r["format"]] = by_format.get(r["format"], 0) + 1

@@ -12,6 +12,8 @@ from stjepa.data.synthetic import (
     SHAPES,
     SPEEDS,
     MIN_CONTRAST,
+    MONO_BACKGROUND,
+    MONO_SHAPE,
     ClipParams,
     MovingShapesDataset,
     ShapeParams,
@@ -247,6 +249,30 @@ def test_sampled_shapes_are_visible_and_of_one_kind():
     assert item.shape == (3, 16, 64, 64)
 
 
+def test_mono_clips_keep_the_motion_and_use_two_fixed_colours():
+    kwargs = dict(num_samples=6, frames_per_clip=6, crop_size=48, num_shapes=3, boundary="wrap")
+    colour, mono = MovingShapesDataset(**kwargs), MovingShapesDataset(colors="mono", **kwargs)
+    for i in range(len(mono)):
+        p, q = colour.params(i), mono.params(i)
+        assert (q.shape, q.direction, q.speed) == (p.shape, p.direction, p.speed)
+        assert [(o.start, o.radius) for o in q.objects] == [(o.start, o.radius) for o in p.objects]
+        assert q.background == MONO_BACKGROUND and all(o.color == MONO_SHAPE for o in q.objects)
+        clip_p, clip_q = render_clip(p, 6, 48, noise=0), render_clip(q, 6, 48, noise=0)
+        # hand check: every pixel is one of the two palette values, and the shapes cover the same pixels
+        values = {round(255 * c) for c in MONO_BACKGROUND + MONO_SHAPE}
+        assert set(clip_q.unique().tolist()) <= values
+        assert torch.equal(foreground(clip_p, p.background), foreground(clip_q, q.background))
+
+
+def test_noise_setting_bounds_the_difference_to_the_clean_clip():
+    ds = MovingShapesDataset(num_samples=2, frames_per_clip=4, crop_size=32, noise=40, transform=lambda c: c)
+    clean = render_clip(ds.params(1), 4, 32, noise=0).int()
+    diff = (ds[1]["video"].int() - clean).abs()
+    assert 30 <= int(diff.max()) <= 40  # uniform in [-40, 40] (clamped at 0 and 255)
+    quiet = MovingShapesDataset(num_samples=2, frames_per_clip=4, crop_size=32, noise=0, transform=lambda c: c)
+    assert torch.equal(quiet[1]["video"], render_clip(ds.params(1), 4, 32, noise=0))
+
+
 def test_shapes_have_their_geometry():
     size = 128
     fill = {}
@@ -305,6 +331,8 @@ def test_dataset_labels_follow_the_task(task):
         (dict(frame_step=0.0), "data.frame_step"),
         (dict(num_shapes=0), "data.num_shapes"),
         (dict(boundary="torus"), "data.boundary"),
+        (dict(colors="rgb"), "data.colors"),
+        (dict(noise=-1), "data.noise"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_key(kwargs, key):

@@ -6,7 +6,9 @@ motion direction is one of ``DIRECTIONS`` angles, so a ``direction`` label can o
 how the frames change over time: a probe on a pretrained video encoder should beat one on a
 random encoder. At the borders a shape either bounces (``boundary="bounce"``: it stays whole,
 and its direction flips) or wraps around (``boundary="wrap"``: it leaves on one side and comes
-back on the other, so every shape keeps the clip's direction for the whole clip).
+back on the other, so every shape keeps the clip's direction for the whole clip). Colours are
+drawn per clip (``colors="random"``) or fixed (``colors="mono"``: light shapes on a mid-gray
+background, so that nothing about a clip but its shapes and their motion varies).
 
 Conventions (image coordinates): ``x`` is the column index, growing to the right; ``y`` is
 the row index, growing downwards. Direction ``k`` has angle ``k * 45`` degrees measured
@@ -36,6 +38,9 @@ DIRECTIONS = 8  # angle k * 45 degrees, k in 0..7
 SPEEDS = (1.0, 2.5)  # pixels per frame at 64 px (slow, fast); scaled by size / 64
 LABEL_TASKS = ("direction", "shape", "speed", "shape_direction")
 BOUNDARIES = ("bounce", "wrap")
+COLOR_MODES = ("random", "mono")
+MONO_BACKGROUND = (0.5, 0.5, 0.5)
+MONO_SHAPE = (0.95, 0.95, 0.95)
 
 
 NOISE = 6  # default per-pixel noise: uniform integer in [-NOISE, NOISE] on the 0..255 scale
@@ -87,14 +92,17 @@ def _contrasting(reference: tuple[float, ...], offsets: list[float]) -> tuple[fl
     return tuple((c + MIN_CONTRAST + o * (1.0 - 2.0 * MIN_CONTRAST)) % 1.0 for c, o in zip(reference, offsets))
 
 
-def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str = "bounce") -> ClipParams:
+def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str = "bounce",
+                  colors: str = "random") -> ClipParams:
     """Draw the parameters of one clip; all randomness comes from ``generator``.
 
     The first shape starts inside ``START_RANGE``; further shapes start anywhere in the frame
-    and get their own colour, also at least ``MIN_CONTRAST`` away from the background.
+    and get their own colour, also at least ``MIN_CONTRAST`` away from the background. With
+    ``colors="mono"`` the same numbers are drawn (so shapes, positions and motion are those of
+    the ``random`` clip) and the colours are then replaced by the fixed mono palette.
     """
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"data.boundary={boundary!r} is not known; allowed values are {', '.join(BOUNDARIES)}.")
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_choice("colors", colors, COLOR_MODES)
     ints = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
     u = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
     color = tuple(u[0:3])
@@ -105,6 +113,9 @@ def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str
     for _ in range(num_shapes - 1):
         v = torch.rand(6, generator=generator, dtype=torch.float64).tolist()
         objects.append(ShapeParams(_contrasting(background, v[0:3]), (v[3], v[4]), r_lo + (r_hi - r_lo) * v[5]))
+    if colors == "mono":
+        background = MONO_BACKGROUND
+        objects = [ShapeParams(MONO_SHAPE, o.start, o.radius) for o in objects]
     return ClipParams(
         shape=ints[0] % len(SHAPES),
         direction=ints[1] % DIRECTIONS,
@@ -113,6 +124,11 @@ def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str
         objects=tuple(objects),
         boundary=boundary,
     )
+
+
+def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"data.{key}={value!r} is not known; allowed values are {', '.join(allowed)}.")
 
 
 def _reflect(p: Tensor, lo: float, hi: float) -> Tensor:
@@ -226,17 +242,20 @@ class MovingShapesDataset(Dataset):
         transform: Callable[[Tensor], Tensor] | None = None,
         num_shapes: int = 1,
         boundary: str = "bounce",
+        colors: str = "random",
+        noise: int = NOISE,
     ) -> None:
         for key, value, low in (("num_samples", num_samples, 1), ("frames_per_clip", frames_per_clip, 1),
-                                ("crop_size", crop_size, 8), ("num_shapes", num_shapes, 1)):
+                                ("crop_size", crop_size, 8), ("num_shapes", num_shapes, 1),
+                                ("noise", noise, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key}={value!r} is not allowed; allowed values are integers >= {low}.")
         if label not in LABEL_TASKS:
             raise ValueError(_unknown_task(label))
         if not (isinstance(frame_step, (int, float)) and frame_step > 0):
             raise ValueError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"data.boundary={boundary!r} is not known; allowed values are {', '.join(BOUNDARIES)}.")
+        check_choice("boundary", boundary, BOUNDARIES)
+        check_choice("colors", colors, COLOR_MODES)
         self.num_samples = num_samples
         self.frames_per_clip = frames_per_clip
         self.crop_size = crop_size
@@ -246,6 +265,8 @@ class MovingShapesDataset(Dataset):
         self.transform = transform
         self.num_shapes = num_shapes
         self.boundary = boundary
+        self.colors = colors
+        self.noise = noise
         self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1, 1)
 
@@ -264,12 +285,12 @@ class MovingShapesDataset(Dataset):
         """The parameters of item ``i`` (for labels, inspection, or writing the clip to a file)."""
         i = self._index(i)
         gen = torch.Generator().manual_seed(_stable_seed("moving_shapes", self.seed, i))
-        return sample_params(gen, self.num_shapes, self.boundary)
+        return sample_params(gen, self.num_shapes, self.boundary, self.colors)
 
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
         params = self.params(i)
-        clip = render_clip(params, self.frames_per_clip, self.crop_size, self.frame_step)
+        clip = render_clip(params, self.frames_per_clip, self.crop_size, self.frame_step, noise=self.noise)
         if self.transform is not None:
             video = self.transform(clip)
         else:
