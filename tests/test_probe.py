@@ -60,8 +60,9 @@ def test_checkpoint_errors_name_the_file_or_key(tmp_path, train_ckpt):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="has no 'target_encoder' entry; it has encoder"):
         load_encoder(path, model=dict(size="vit_tiny"))
-    with pytest.raises(CheckpointError, match=r"official.pt' does not match the model architecture: mis-shaped "
-                                              r"\(148\): blocks.0.attn.proj.bias \(file \(192,\), model \(384,\)\).* and 140 more"):
+    expected = (r"official.pt' does not match the model architecture: mis-shaped "
+                r"\(148\): blocks.0.attn.proj.bias \(file \(192,\), model \(384,\)\).* and 140 more")
+    with pytest.raises(CheckpointError, match=expected):
         load_encoder(path, key="encoder", model=dict(size="vit_small"))
 
 
