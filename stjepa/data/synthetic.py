@@ -5,8 +5,9 @@ triangle) on a flat background, all moving in a straight line with the same velo
 motion direction is one of ``DIRECTIONS`` angles, so a ``direction`` label can only be read from
 how the frames change over time. The task is meant to tell a pretrained video encoder from a
 random one (BENCHMARKS.md, "Frozen probe", has where that stands). At the borders a shape
-either bounces (``boundary="bounce"``: it stays whole, and its direction flips) or wraps around (``boundary="wrap"``: it leaves on one side and comes
-back on the other, so every shape keeps the clip's direction for the whole clip). Colours are
+either bounces (``boundary="bounce"``: it stays whole, and its direction flips) or wraps
+around (``boundary="wrap"``: it leaves on one side and comes back on the other, so every shape
+keeps the clip's direction for the whole clip). Colours are
 drawn per clip (``colors="random"``) or fixed (``colors="mono"``: light shapes on a mid-gray
 background, so that nothing about a clip but its shapes and their motion varies).
 
