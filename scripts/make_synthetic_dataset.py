@@ -2,8 +2,9 @@
 
 Video ``i`` shows clip ``MovingShapesDataset(seed=seed, num_shapes=..., boundary=...).params(i)``
 (item ``i`` of the on-the-fly dataset, rendered at the file's size), encoded with PyAV. The
-defaults write one bouncing shape per clip; ``--num-shapes 4 --boundary wrap`` gives the clips
-of ``data=synthetic``'s defaults. Layout::
+defaults write one bouncing shape per clip; ``--num-shapes 4 --boundary wrap`` gives the shapes
+of ``data=synthetic``'s defaults. Files hold every frame at the base speed (``frame_step`` 1):
+the speed a clip shows is chosen when it is read (``data.fps`` or ``data.frame_step``). Layout::
 
     OUT_DIR/videos/<class_name>/shapes_00000.mp4   # class folders, Kinetics style
     OUT_DIR/train.txt, OUT_DIR/val.txt             # V-JEPA manifests: "<relative path> <int label>"
