@@ -142,6 +142,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -152,6 +153,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written temporaries of ``path`` left by writers that were killed mid-save
+    (``.<name>.tmp-<pid>`` whose process is gone); those of a live process are left alone."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else (PermissionError), or cannot be asked
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

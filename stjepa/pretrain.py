@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError, load_strict, read_checkpoint, strip_prefixes
 from .models.factory import build_encoder, build_predictor, split_attention
-from .models.flops import Flops, encoder_flops, predictor_flops
+from .models.flops import Flops, encoder_flops, patch_embed_flops, predictor_flops
 from .models.sequence import gather_tokens
 from .models.vision_transformer import token_grid
 from .schedules import cosine, learning_rate, linear
@@ -211,16 +211,18 @@ class JEPAPretrainModule(L.LightningModule):
 
     def step_flops(self, batch: dict) -> Flops:
         """FLOPs of one training step: 3x (forward + backward) for the context encoder and the
-        predictor, 1x for the target encoder's forward."""
+        predictor, 1x for the target encoder's forward. The context encoder embeds each clip
+        once, whatever the number of mask sets."""
         clips = batch["video"]
         B = clips.shape[0]
         grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
         total = encoder_flops(self.target_encoder, B, grid)
+        trained = patch_embed_flops(self.encoder, B, grid)
         for mx, my in zip(batch["masks_enc"], batch["masks_pred"]):
             mx, my = mx.cpu(), my.cpu()
-            trained = encoder_flops(self.encoder, B, grid, mx) + predictor_flops(self.predictor, mx, my, grid)
-            total = total + trained.scale(3.0)
-        return total
+            trained = trained + encoder_flops(self.encoder, B, grid, mx, embed=False)
+            trained = trained + predictor_flops(self.predictor, mx, my, grid)
+        return total + trained.scale(3.0)
 
 
 def feature_std(features: Tensor) -> Tensor:

@@ -115,9 +115,9 @@ def hand_count(model, batch, grid, masks_enc, masks_pred, splits=None, area_laye
 
     everything = torch.arange(numel).expand(batch, numel)
     total = embed + encoder(everything)  # the target encoder: forward only, all tokens
+    total += 3 * embed  # the context encoder embeds each clip once, before the mask sets split it
     for ctx, tgt in zip(masks_enc, masks_pred):
-        # step_flops counts the context encoder's patch embedding once per mask set (it runs once)
-        total += 3 * (embed + encoder(ctx) + predictor(ctx, tgt))
+        total += 3 * (encoder(ctx) + predictor(ctx, tgt))
     return total
 
 

@@ -115,6 +115,14 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     kept = torch.load(path)
     assert kept["step"] == 1 and torch.equal(kept["w"], torch.ones(1000))
+    # the killed writer's half-written temporary goes away at the next save; a live writer's stays
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".last.ckpt.tmp-")]
+    assert left, "the kill should have left the temporary behind"
+    live = tmp_path / f".last.ckpt.tmp-{os.getppid()}"
+    live.write_bytes(b"in progress")
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", live.name])
+    assert torch.load(path)["step"] == 2
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -60,20 +60,28 @@ def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full:
     return Flops(linear, attention, 4.0 * width * full * len(pattern))
 
 
-def encoder_flops(encoder: VisionTransformer, batch: int, grid: Grid, ids: Tensor | None = None) -> Flops:
+def patch_embed_flops(encoder: VisionTransformer, batch: int, grid: Grid) -> Flops:
+    """Forward FLOPs of the patch embedding; it runs once per clip on every tubelet, before masking."""
+    pe = encoder.patch_embed.proj
+    patch_macs = pe.in_channels * pe.out_channels * pe.kernel_size[0] * pe.kernel_size[1] * pe.kernel_size[2]
+    return Flops(linear=2.0 * batch * grid[0] * grid[1] * grid[2] * patch_macs)
+
+
+def encoder_flops(
+    encoder: VisionTransformer, batch: int, grid: Grid, ids: Tensor | None = None, embed: bool = True
+) -> Flops:
     """Forward FLOPs of the encoder on ``batch`` clips with token grid ``grid``; ``ids`` (B, N)
-    are the visible tokens (all tokens when None)."""
+    are the visible tokens (all tokens when None); ``embed=False`` leaves out the patch embedding
+    (several mask sets of one clip share it)."""
     if ids is None:
         n = grid[0] * grid[1] * grid[2]
         ids = torch.arange(n).expand(batch, n)
     n_visible = ids.shape[1]
-    pe = encoder.patch_embed.proj
-    patch_macs = pe.in_channels * pe.out_channels * pe.kernel_size[0] * pe.kernel_size[1] * pe.kernel_size[2]
-    embed = Flops(linear=2.0 * batch * grid[0] * grid[1] * grid[2] * patch_macs)
     full = batch * n_visible**2
     area = area_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else full
     tokens = batch * n_visible
-    return embed + _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, area)
+    blocks = _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, area)
+    return patch_embed_flops(encoder, batch, grid) + blocks if embed else blocks
 
 
 def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, masks_y: Tensor, grid: Grid) -> Flops:
