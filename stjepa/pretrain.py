@@ -85,7 +85,8 @@ class JEPAPretrainModule(L.LightningModule):
         load_strict(self.encoder, parts["encoder"], f"'encoder' in {path!r}")
         if parts.get("predictor"):
             load_strict(self.predictor, parts["predictor"], f"'predictor' in {path!r}")
-        load_strict(self.target_encoder, parts.get("target_encoder") or parts["encoder"], f"'target_encoder' in {path!r}")
+        target = parts.get("target_encoder") or parts["encoder"]
+        load_strict(self.target_encoder, target, f"'target_encoder' in {path!r}")
 
     def configure_model(self) -> None:
         if self.compile_models:
@@ -114,7 +115,9 @@ class JEPAPretrainModule(L.LightningModule):
     def schedule_values(self, step: int) -> dict[str, float]:
         o, total = self.optim, self._total_steps
         return {
-            "lr": learning_rate(o["lr_schedule"], step, total, o["warmup_steps"], o["start_lr"], o["lr"], o["final_lr"]),
+            "lr": learning_rate(
+                o["lr_schedule"], step, total, o["warmup_steps"], o["start_lr"], o["lr"], o["final_lr"]
+            ),
             "wd": cosine(step, total, o["weight_decay"], o["final_weight_decay"]),
             "ema": linear(step, total, o["ema"][0], o["ema"][1]),
         }
