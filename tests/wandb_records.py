@@ -1,5 +1,6 @@
 """Read an offline W&B run file (.wandb): a LevelDB-style log of protobuf Records."""
 import struct
+import time
 
 from wandb.proto import wandb_internal_pb2 as pb
 
@@ -17,6 +18,8 @@ def read_records(path):
             pos += room
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # the writer is still on this record
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 1:
@@ -30,10 +33,23 @@ def read_records(path):
     return [pb.Record.FromString(r) for r in records]
 
 
+def finished_records(path, timeout=60.0):
+    """The records of a run once its ``exit`` record is on disk. wandb.finish() can return while
+    W&B's writer process is still appending to the file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def summarize(path):
-    """(history rows, config keys, run record) of an offline run."""
+    """(history rows, config keys, run record) of a finished offline run."""
     history, config, run = [], {}, None
-    for r in read_records(path):
+    for r in finished_records(path):
         kind = r.WhichOneof("record_type")
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): i.value_json for i in r.history.item})
