@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,6 +274,31 @@ def test_noise_setting_bounds_the_difference_to_the_clean_clip():
     assert torch.equal(quiet[1]["video"], render_clip(ds.params(1), 4, 32, noise=0))
 
 
+def test_frame_hold_repeats_frames_of_the_clip_without_hold():
+    kwargs = dict(num_samples=3, frames_per_clip=7, crop_size=32, num_shapes=2, boundary="wrap", transform=lambda c: c)
+    held = MovingShapesDataset(frame_hold=2, **kwargs)
+    for i in range(len(held)):
+        plain = render_clip(held.params(i), 7, 32, 1.0)  # the same clip, every frame its own
+        clip = held[i]["video"]
+        for t in range(7):  # hand check: frame t shows frame t - t % 2, noise included
+            assert torch.equal(clip[t], plain[t - t % 2])
+        assert not torch.equal(clip[0], clip[2])  # the shapes still move between tubelets
+    assert torch.equal(MovingShapesDataset(**kwargs)[1]["video"], render_clip(held.params(1), 7, 32))
+
+
+def test_frame_hold_reaches_the_dataset_from_the_data_config():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "synthetic.yaml")
+    cfg.seed, cfg.frame_hold, cfg.train_size, cfg.val_size = 0, 2, 2, 0
+    dm = instantiate(cfg)
+    dm.setup()
+    video = dm.train_set[0]["video"]  # (C, T, H, W)
+    assert all(torch.equal(video[:, t], video[:, t + 1]) for t in range(0, video.shape[1], 2))
+    assert not torch.equal(video[:, 0], video[:, 2])
+
+
 def test_shapes_have_their_geometry():
     size = 128
     fill = {}
@@ -333,6 +359,7 @@ def test_dataset_labels_follow_the_task(task):
         (dict(boundary="torus"), "data.boundary"),
         (dict(colors="rgb"), "data.colors"),
         (dict(noise=-1), "data.noise"),
+        (dict(frame_hold=0), "data.frame_hold"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_key(kwargs, key):

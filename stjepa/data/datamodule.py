@@ -131,14 +131,14 @@ class SyntheticDataModule(VideoDataModule):
 
     def __init__(self, train_size: int = 2048, val_size: int = 256, label: str = "direction",
                  frame_step: float = 1.0, num_shapes: int = 1, boundary: str = "bounce", colors: str = "random",
-                 noise: int = NOISE, **common: Any):
+                 noise: int = NOISE, frame_hold: int = 1, **common: Any):
         super().__init__(**common)
         for key, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}.")
         self.train_size, self.val_size = train_size, val_size
         self.options = dict(label=label, frame_step=frame_step, num_shapes=num_shapes, boundary=boundary,
-                            colors=colors, noise=noise)
+                            colors=colors, noise=noise, frame_hold=frame_hold)
         MovingShapesDataset(1, self.frames_per_clip, self.crop_size, **self.options)  # checks the options now
 
     @property

@@ -10,6 +10,9 @@ around (``boundary="wrap"``: it leaves on one side and comes back on the other, 
 keeps the clip's direction for the whole clip). Colours are
 drawn per clip (``colors="random"``) or fixed (``colors="mono"``: light shapes on a mid-gray
 background, so that nothing about a clip but its shapes and their motion varies).
+``frame_hold=2`` shows each rendered frame twice: with V-JEPA 2's 2-frame tubelets every
+tubelet is then a still image, and the direction can only be read across tubelets (a random
+encoder's patch embedding reads it from inside one tubelet otherwise).
 
 Conventions (image coordinates): ``x`` is the column index, growing to the right; ``y`` is
 the row index, growing downwards. Direction ``k`` has angle ``k * 45`` degrees measured
@@ -157,7 +160,7 @@ def _shape_mask(name: str, ry: Tensor, rx: Tensor, r: float) -> Tensor:
 
 
 def render_clip(
-    params: ClipParams, frames: int, size: int, frame_step: float = 1.0, *, noise: int = NOISE
+    params: ClipParams, frames: int, size: int, frame_step: float = 1.0, *, noise: int = NOISE, hold: int = 1
 ) -> Tensor:
     """Render one clip as a uint8 tensor ``(T, H, W, 3)`` with ``T = frames`` and ``H = W = size``.
 
@@ -167,9 +170,12 @@ def render_clip(
     modulo the frame size (``wrap``: a shape crossing a border shows on both sides). ``noise``
     adds uniform integer noise in ``[-noise, noise]`` per pixel and channel, seeded from
     ``params`` (so the same params always give the same clip); ``noise=0`` gives flat colours.
+    ``hold`` repeats every ``hold``-th frame of that clip ``hold`` times (frame ``i`` becomes
+    frame ``i - i % hold``, noise included), like a low-frame-rate video played at a higher rate.
     """
-    if frames < 1 or size < 1:
-        raise ValueError(f"render_clip needs frames >= 1 and size >= 1, got frames={frames}, size={size}.")
+    if frames < 1 or size < 1 or hold < 1:
+        raise ValueError(f"render_clip needs frames, size and hold >= 1, got frames={frames}, size={size}, "
+                         f"hold={hold}.")
     name = SHAPES[params.shape]
     speed = SPEEDS[params.speed] * size / 64.0
     dy, dx = direction_vector(params.direction)
@@ -195,6 +201,8 @@ def render_clip(
     if noise > 0:
         gen = torch.Generator().manual_seed(_stable_seed(params, frames, size, frame_step))
         clip = clip + torch.randint(-noise, noise + 1, clip.shape, generator=gen, dtype=torch.int16)
+    if hold > 1:
+        clip = clip[torch.arange(frames) // hold * hold]
     return clip.clamp(0, 255).to(torch.uint8)
 
 
@@ -245,10 +253,11 @@ class MovingShapesDataset(Dataset):
         boundary: str = "bounce",
         colors: str = "random",
         noise: int = NOISE,
+        frame_hold: int = 1,
     ) -> None:
         for key, value, low in (("num_samples", num_samples, 1), ("frames_per_clip", frames_per_clip, 1),
                                 ("crop_size", crop_size, 8), ("num_shapes", num_shapes, 1),
-                                ("noise", noise, 0)):
+                                ("noise", noise, 0), ("frame_hold", frame_hold, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key}={value!r} is not allowed; allowed values are integers >= {low}.")
         if label not in LABEL_TASKS:
@@ -268,6 +277,7 @@ class MovingShapesDataset(Dataset):
         self.boundary = boundary
         self.colors = colors
         self.noise = noise
+        self.frame_hold = frame_hold
         self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1, 1)
 
@@ -291,7 +301,8 @@ class MovingShapesDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
         params = self.params(i)
-        clip = render_clip(params, self.frames_per_clip, self.crop_size, self.frame_step, noise=self.noise)
+        clip = render_clip(params, self.frames_per_clip, self.crop_size, self.frame_step, noise=self.noise,
+                           hold=self.frame_hold)
         if self.transform is not None:
             video = self.transform(clip)
         else:
