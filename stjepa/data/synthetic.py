@@ -7,9 +7,9 @@ how the frames change over time. The task is meant to tell a pretrained video en
 random one (BENCHMARKS.md, "Frozen probe", has where that stands). At the borders a shape
 either bounces (``boundary="bounce"``: it stays whole, and its direction flips) or wraps
 around (``boundary="wrap"``: it leaves on one side and comes back on the other, so every shape
-keeps the clip's direction for the whole clip). Colours are
-drawn per clip (``colors="random"``) or fixed (``colors="mono"``: light shapes on a mid-gray
-background, so that nothing about a clip but its shapes and their motion varies).
+keeps the clip's direction for the whole clip). Colours are drawn per clip
+(``colors="random"``) or fixed (``colors="mono"``: light shapes on a mid-gray background, so
+that nothing about a clip but its shapes and their motion varies).
 ``frame_hold=2`` shows each rendered frame twice: with V-JEPA 2's 2-frame tubelets every
 tubelet is then a still image, and the direction can only be read across tubelets (a random
 encoder's patch embedding reads it from inside one tubelet otherwise).
