@@ -7,6 +7,7 @@ prefix from the DDP and multi-mask wrappers of the training code.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -208,6 +209,11 @@ def load_encoder(
     ckpt = read_checkpoint(path)
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:  # a train.py checkpoint
         hp = ckpt["hyper_parameters"]
+        ema = (hp.get("optim") or {}).get("ema")
+        if key == "target_encoder" and ema and all(float(m) == 1.0 for m in ema):
+            warnings.warn(f"checkpoint file {str(path)!r} was trained with optim.ema={list(ema)}: its target encoder "
+                          f"never moved from its initial weights, so probing it measures random weights; "
+                          f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
         stored, _ = split_attention(hp.get("attention"))
         encoder = build_encoder(hp["model"], attention if attention is not None else stored,
                                 hp["crop_size"], hp["frames_per_clip"])

@@ -1,6 +1,7 @@
 """probe.py: checkpoint loading, head independence, view aggregation and metrics, end to end."""
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -35,6 +36,19 @@ def test_train_ckpt_loads_with_its_layout_or_an_override(train_ckpt):
     online = load_encoder(train_ckpt, key="encoder", attention=dict(spatial_splits=1))
     assert not any(online.attention_pattern)
     assert torch.equal(online.norm.weight, state["encoder.norm.weight"])
+
+
+def test_probing_a_never_updated_target_encoder_warns(tmp_path, train_ckpt):
+    ckpt = torch.load(train_ckpt, weights_only=False)
+    ckpt["hyper_parameters"]["optim"]["ema"] = [1.0, 1.0]  # a frozen target: it keeps its initial weights
+    path = tmp_path / "frozen_target.ckpt"
+    torch.save(ckpt, path)
+    with pytest.warns(UserWarning, match="target encoder never moved .* probe.encoder_key=encoder"):
+        load_encoder(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_encoder(path, key="encoder")
+        load_encoder(train_ckpt)  # the EMA target of an ordinary run
 
 
 def test_official_pt_loads_with_the_configured_architecture(tmp_path):

@@ -170,9 +170,14 @@ def test_bad_config_exits_before_work_without_traceback(tmp_path):
 
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+VJEPA2_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("vjepa2", "st_a2"))]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_is_covered():
+    assert set(EXPERIMENTS) == set(VJEPA2_EXPERIMENTS) | {"synthetic_motion"}
+
+
+@pytest.mark.parametrize("experiment", VJEPA2_EXPERIMENTS)
 def test_experiment_presets_compose_and_validate(tmp_path, experiment):
     from stjepa.config import ConfigError, check_train_config
 
@@ -197,6 +202,17 @@ def test_experiment_presets_compose_and_validate(tmp_path, experiment):
         enc, _ = split_attention(OmegaConf.to_container(cfg.attention))
         assert AttentionConfig.create(enc).pattern(24) == (True,) * 18 + (False,) * 6
         assert AttentionConfig.create(enc).splits.num_areas == 4
+
+
+def test_synthetic_motion_preset_needs_no_files_and_keeps_command_line_choices(tmp_path):
+    from stjepa.config import check_train_config
+
+    cfg = compose_config(tmp_path, ["experiment=synthetic_motion", "attention=area_2x2", "trainer.max_steps=7"])
+    check_train_config(cfg)
+    assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.data.frame_hold == 2
+    assert list(cfg.optim.ema) == [1.0, 1.0] and cfg.model.pred_depth == 1
+    assert cfg.attention.spatial_splits is None and cfg.attention.height_splits == 2  # the command line wins
+    assert cfg.trainer.max_steps == 7
 
 
 def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
