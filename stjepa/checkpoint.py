@@ -210,7 +210,7 @@ def load_encoder(
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:  # a train.py checkpoint
         hp = ckpt["hyper_parameters"]
         ema = (hp.get("optim") or {}).get("ema")
-        if key == "target_encoder" and ema and all(float(m) == 1.0 for m in ema):
+        if key == "target_encoder" and not random_init and ema and all(float(m) == 1.0 for m in ema):
             warnings.warn(f"checkpoint file {str(path)!r} was trained with optim.ema={list(ema)}: its target encoder "
                           f"never moved from its initial weights, so probing it measures random weights; "
                           f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
