@@ -1,29 +1,43 @@
 """Checks of a composed config before any expensive work. Each problem is one sentence that
-names the key and what is allowed."""
+names the key and what is allowed. Model and attention settings are checked by building the
+encoder and predictor on the meta device (no memory, no time): their constructors are the
+one place those rules live, and :mod:`stjepa.model_config` names the keys."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .models.attention_config import AttentionConfig
-from .models.factory import split_attention
-from .models.masks import MaskSpec
-from .models.vision_transformer import VIT_SIZES
-from .pretrain import NONFINITE_ACTIONS
-from .schedules import LR_SCHEDULES
+from .data.masks import MaskSpec
+from .errors import ConfigError
+from .model_config import build_encoder, build_predictor
+from .models.arguments import ArgumentError, one_of, positive_int
+from .optim import LR_SCHEDULES
+from .resolvers import launcher_value
+
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
+def check_int(value: Any, key: str, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum``, else a ConfigError naming ``key``."""
+    try:
+        return positive_int(value, "value", minimum)
+    except ArgumentError as exc:
+        raise ConfigError(exc.render(lambda _: key)) from None
 
 
-def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
-    return value
+def check_choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
+    try:
+        return one_of(value, "value", allowed)
+    except ArgumentError as exc:
+        raise ConfigError(exc.render(lambda _: key)) from None
+
+
+def plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _world_size(trainer: DictConfig) -> int:
@@ -36,38 +50,19 @@ def _world_size(trainer: DictConfig) -> int:
     return max(count, 1) * int(trainer.get("num_nodes", 1))
 
 
-def check_model(model: DictConfig, attention: DictConfig | dict, frames: int, crop: int) -> None:
+def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: Any, crop: Any) -> None:
     """Model, input size and attention layout; shared by training and probing."""
-    size = model.get("size")
-    if size not in VIT_SIZES:
-        raise ConfigError(f"model.size={size!r} is not known; allowed values are {', '.join(VIT_SIZES)}.")
-    tubelet = _positive_int(model.get("tubelet_size"), "model.tubelet_size")
-    patch = _positive_int(model.get("patch_size"), "model.patch_size")
-    _positive_int(frames, "data.frames_per_clip")
-    _positive_int(crop, "data.crop_size")
+    model = plain(model)
+    frames, crop = check_int(frames, "data.frames_per_clip"), check_int(crop, "data.crop_size")
+    tubelet = check_int(model.get("tubelet_size"), "model.tubelet_size")
+    patch = check_int(model.get("patch_size"), "model.patch_size")
     if frames % tubelet:
         raise ConfigError(f"data.frames_per_clip={frames} must be a multiple of model.tubelet_size={tubelet}.")
     if crop % patch:
         raise ConfigError(f"data.crop_size={crop} must be a multiple of model.patch_size={patch}.")
-    dim, depth, heads, _, _ = VIT_SIZES[size]
-    depth = model.get("depth") or depth
-    dim, heads = model.get("embed_dim") or dim, model.get("num_heads") or heads
-    if dim % heads:
-        raise ConfigError(f"model.embed_dim={dim} must be divisible by model.num_heads={heads}.")
-    grid = (frames // tubelet, crop // patch, crop // patch)
-    encoder_attention, predictor_attention = split_attention(
-        OmegaConf.to_container(attention, resolve=True) if OmegaConf.is_config(attention) else attention)
-    pred_depth = model.get("pred_depth", 12)
-    for settings, layers, prefix in ((encoder_attention, depth, "attention"),
-                                     (predictor_attention, pred_depth, "attention.predictor")):
-        try:
-            AttentionConfig.create(settings).validate(layers, grid)
-            AttentionConfig.create(settings).pattern(layers)
-        except ValueError as exc:
-            raise ConfigError(str(exc).replace("attention.", f"{prefix}.", 1)) from None
-    if model.get("pred_embed_dim", 384) % model.get("pred_num_heads", 12):
-        raise ConfigError(f"model.pred_embed_dim={model.get('pred_embed_dim')} must be divisible by "
-                          f"model.pred_num_heads={model.get('pred_num_heads')}.")
+    with torch.device("meta"):  # the constructors check every argument; nothing is allocated
+        encoder = build_encoder(model, plain(attention), crop, frames)
+        build_predictor(model, plain(attention), encoder)
     init_from = model.get("init_from")
     if init_from and not Path(init_from).is_file():
         raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt or "
@@ -75,19 +70,33 @@ def check_model(model: DictConfig, attention: DictConfig | dict, frames: int, cr
 
 
 def check_required(cfg: DictConfig) -> None:
-    missing = sorted(f"{key}.{m}" for key in cfg if key != "hydra" and OmegaConf.is_config(cfg[key])
-                     for m in OmegaConf.missing_keys(cfg[key]))
+    """Keys marked ??? in the YAML that the command line did not set."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(f"{missing[0]} must be set (it is marked ??? in the config); give it on the command "
                           f"line, e.g. {missing[0]}=...")
 
 
-def check_train_config(cfg: DictConfig) -> None:
+def check_common(cfg: DictConfig) -> None:
+    """What train.py and probe.py share: required keys and the seed."""
     check_required(cfg)
+    check_int(cfg.get("seed"), "seed", 0)
+
+
+def check_machine(trainer: DictConfig) -> None:
+    """What only the machine running the job can tell (so not part of validating a preset)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU; use trainer=default "
+                          f"(CPU) or run on a GPU machine.")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    check_common(cfg)
     data, model, trainer, optim = cfg.data, cfg.model, cfg.trainer, cfg.optim
     check_model(model, cfg.attention, data.get("frames_per_clip"), data.get("crop_size"))
-    batch = _positive_int(data.get("batch_size"), "data.batch_size")
-    _positive_int(data.get("num_workers", 0), "data.num_workers", 0)
+    batch = check_int(data.get("batch_size"), "data.batch_size")
+    check_int(data.get("num_workers", 0), "data.num_workers", 0)
     world = _world_size(trainer)
     train_size = data.get("train_size")
     if train_size is not None and train_size < batch * world:
@@ -97,19 +106,18 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("mask needs at least one mask set (for example mask=vjepa2).")
     for name, spec in cfg.mask.items():
         try:
-            MaskSpec.create(OmegaConf.to_container(spec, resolve=True))
+            MaskSpec.create(plain(spec))
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc).replace("mask.", f"mask.{name}.", 1)) from None
-    if optim.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"optim.lr_schedule={optim.lr_schedule!r} is not known; allowed values are "
-                          f"{', '.join(LR_SCHEDULES)}.")
+    check_choice(optim.lr_schedule, "optim.lr_schedule", LR_SCHEDULES)
     for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
-        if not isinstance(optim[key], (int, float)) or optim[key] < 0:
+        if isinstance(optim[key], bool) or not isinstance(optim[key], (int, float)) or optim[key] < 0:
             raise ConfigError(f"optim.{key} must be a number >= 0, got {optim[key]!r}.")
     if len(optim.ema) != 2 or not all(0.0 <= m <= 1.0 for m in optim.ema):
         raise ConfigError(f"optim.ema must be [start, end] momenta in [0, 1], got {list(optim.ema)}.")
-    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs", -1)
-    if (max_steps is None or max_steps <= 0) and (max_epochs is None or max_epochs <= 0):
+    max_steps = check_int(trainer.get("max_steps", -1), "trainer.max_steps", -1)
+    max_epochs = check_int(-1 if trainer.get("max_epochs") is None else trainer.max_epochs, "trainer.max_epochs", -1)
+    if max_steps <= 0 and max_epochs <= 0:
         raise ConfigError("trainer.max_steps or trainer.max_epochs must be > 0 (training would never end).")
     if cfg.get("anneal") and not (model.get("init_from") or cfg.get("ckpt_path") or cfg.get("resume")):
         raise ConfigError("anneal=true needs pretrained weights: give model.init_from=path/to/vitl.pt (official) "
@@ -118,31 +126,14 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("ckpt_path and resume=true both choose a checkpoint to resume from; give one of them.")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a train.py .ckpt file.")
-    action = cfg.module.get("on_nonfinite", "stop")
-    if action not in NONFINITE_ACTIONS:
-        raise ConfigError(f"module.on_nonfinite={action!r} is not known; allowed values are "
-                          f"{', '.join(NONFINITE_ACTIONS)}.")
-    every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")
-    if every is not None:
-        _positive_int(every, "callbacks.last_checkpoint.every_n_train_steps")
+    guard = OmegaConf.select(cfg, "callbacks.nonfinite_guard")
+    if guard:
+        check_choice(guard.get("action"), "callbacks.nonfinite_guard.action", NONFINITE_ACTIONS)
+    for name in ("last_checkpoint", "flop_counter"):
+        every = OmegaConf.select(cfg, f"callbacks.{name}.every_n_train_steps")
+        if every is not None:
+            check_int(every, f"callbacks.{name}.every_n_train_steps")
     check_launch(cfg)
-
-
-def launcher_value(key: str, default: Any = None) -> Any:
-    """``${launcher:gpus_per_node,1}``: a setting of the Hydra launcher running this job (the
-    submitit SLURM launcher's nodes / gpus_per_node), or ``default`` under launchers without it,
-    so the trainer's devices and nodes follow what was asked of SLURM."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return default
-    value = OmegaConf.select(HydraConfig.get(), f"launcher.{key}", default=None)
-    return default if value is None else value
-
-
-def default_precision(accelerator: str) -> str:
-    """``${default_precision:${.accelerator}}``: bf16 mixed precision on GPUs, fp32 on CPU."""
-    return "32-true" if str(accelerator) == "cpu" else "bf16-mixed"
 
 
 def _is_multirun() -> bool:
@@ -172,4 +163,3 @@ def check_launch(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.strategy={strategy} with {_world_size(cfg.trainer)} processes cannot start "
                           "inside a local multirun (-m); run each job alone, or sweep with "
                           "hydra/launcher=slurm.")
-

@@ -7,11 +7,12 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from .model_config import split_attention
 from .models.attention_config import AttentionConfig
-from .models.factory import split_attention
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
@@ -54,13 +55,21 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
         if not settings or "_target_" not in settings:
             continue
         extra: dict[str, Any] = {}
-        if "WandbLogger" in settings._target_:
+        if issubclass(get_class(settings._target_), WandbLogger):
             extra["name"] = settings.get("name") or run_name(cfg)
             extra["group"] = settings.get("group") or sweep_group(cfg)
             extra["tags"] = list(settings.get("tags") or []) + layout_tags(cfg)
             extra["offline"] = wandb_offline() if settings.get("offline") is None else settings.offline
         loggers.append(instantiate(settings, **extra))
     return loggers
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """Finish the W&B run, whether the job succeeded or not (Lightning finalizes loggers but
+    leaves the W&B run open: it shows as running and may lose its last records)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

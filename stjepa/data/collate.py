@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils.data import default_collate
 
-from ..models.masks import MaskCollator, MaskSpec
+from .masks import MaskCollator, MaskSpec
 
 
 def batch_seed(seed: int, indices: Sequence[int]) -> int:

@@ -25,16 +25,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ManifestError
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 FORMATS = ("vjepa", "kinetics_csv", "folders")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 UNASSIGNED = -1  # label id of named-label samples until a label map is applied
 
 PathLike = str | os.PathLike
-
-
-class ManifestError(ValueError):
-    """A manifest (or label map) that cannot be used; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

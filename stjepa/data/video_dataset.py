@@ -16,16 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import NoUsableVideoError
 from .clips import clip_indices, clip_span, frame_step_for
 from .decoding import VideoError, open_video
 from .manifests import VideoSample
 
 log = logging.getLogger(__name__)
 SHORT_VIDEO = ("pad", "skip")
-
-
-class NoUsableVideoError(RuntimeError):
-    """Every video tried is bad: the manifest(s) cannot feed training."""
 
 
 class VideoClipDataset(Dataset):

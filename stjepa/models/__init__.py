@@ -1,6 +1,8 @@
 """Pure PyTorch model code: importable with torch and the standard library alone."""
 from .area import BACKENDS, AreaLayout, AreaSplits, area_index, attend
+from .arguments import ArgumentError
 from .attention_config import AttentionConfig
+from .grid import token_grid
 from .predictor import VisionTransformerPredictor
 from .rope import RopeTables, apply_rope
 from .vision_transformer import VIT_SIZES, VisionTransformer, vit
@@ -9,6 +11,7 @@ __all__ = [
     "BACKENDS",
     "AreaLayout",
     "AreaSplits",
+    "ArgumentError",
     "AttentionConfig",
     "RopeTables",
     "VIT_SIZES",
@@ -17,5 +20,6 @@ __all__ = [
     "apply_rope",
     "area_index",
     "attend",
+    "token_grid",
     "vit",
 ]

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arguments import ArgumentError, positive_int
+
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
 
 
@@ -46,13 +48,10 @@ class AreaSplits:
             (self.temporal, self.height, self.width),
             grid if grid is not None else (None, None, None),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"attention.{name} must be an integer >= 1, got {value!r}.")
+            positive_int(value, name)
             if axis is not None and value > axis:
-                raise ValueError(
-                    f"attention.{name}={value} is more splits than the {axis} grid cells on that axis; "
-                    f"allowed values are 1..{axis}."
-                )
+                raise ArgumentError(f"{{{name}}} is more splits than the {axis} grid cells on that axis; "
+                                    f"allowed values are 1..{axis}.", **{name: value})
 
 
 def area_index(t: Tensor, h: Tensor, w: Tensor, grid: tuple[int, int, int], splits: AreaSplits) -> Tensor:
@@ -91,13 +90,13 @@ class AreaLayout:
 
     ``area`` is (B, N) area ids in the order the tokens have when attention runs. All
     backends but ``dense`` need that order to be area-sorted (each area contiguous).
-    ``reorder`` (optional, (B, N)) makes attention sort by area itself and restore the order
-    afterwards, in every layer: the published ST-A² behaviour, kept for comparison and tests.
+    ``backend`` is one of :data:`BACKENDS` (checked where layouts are configured, by
+    :class:`~stjepa.models.attention_config.AttentionConfig`). ``reorder`` (optional, (B, N))
+    makes attention sort by area itself and restore the order afterwards, in every layer: the
+    published ST-A² behaviour, kept for comparison and tests.
     """
 
     def __init__(self, area: Tensor, num_areas: int, backend: str = "auto", reorder: Tensor | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"attention.backend={backend!r} is not known; allowed values are {', '.join(BACKENDS)}.")
         self.num_areas = num_areas
         self.reorder = reorder
         self.area = area if reorder is None else area.gather(1, reorder)
@@ -105,7 +104,7 @@ class AreaLayout:
         counts = torch.zeros(B, num_areas, dtype=torch.long, device=area.device)
         counts.scatter_add_(1, self.area, torch.ones_like(self.area))
         self.counts = counts
-        self.counts_host = counts.cpu()  # the one host sync per forward
+        self.counts_host = counts.cpu()  # a host sync: backends choose shapes from the area sizes
         self.backend = self._resolve(backend)
 
     # -- facts derived from the counts -------------------------------------------------
@@ -125,12 +124,11 @@ class AreaLayout:
     def _resolve(self, backend: str) -> str:
         if backend != "auto":
             if backend == "equal" and not self.is_equal:
-                raise ValueError(
-                    "attention.backend='equal' needs every area to hold the same number of tokens; "
-                    f"area sizes here range {int(self.counts_host.min())}..{self.max_area}. Use 'auto'."
-                )
+                raise ArgumentError(
+                    "{backend} needs every area to hold the same number of tokens; area sizes here range "
+                    f"{int(self.counts_host.min())}..{self.max_area}; use 'auto'.", backend=backend)
             if backend == "varlen" and (self.area.device.type != "cuda" or _varlen_attn() is None):
-                raise ValueError("attention.backend='varlen' needs a CUDA device and torch >= 2.9; use 'auto'.")
+                raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
             return backend
         if self.is_equal:
             return "equal"

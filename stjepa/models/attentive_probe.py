@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arguments import ArgumentError
 from .layers import MLP, Block
-from .vision_transformer import init_weights
+from .vision_transformer import init_weights, rescale_residual_branches
 
 
 class CrossAttention(nn.Module):
@@ -48,15 +49,13 @@ class AttentivePooler(nn.Module):
                  mlp_ratio: float = 4.0, init_std: float = 0.02):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"probe.num_heads={num_heads} must divide the encoder width {embed_dim}.")
+            raise ArgumentError(f"{{num_heads}} does not divide the encoder width {embed_dim}.", num_heads=num_heads)
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, norm_eps=1e-5) for _ in range(depth - 1))
         self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio)
         nn.init.trunc_normal_(self.query_tokens, std=init_std)
         self.apply(lambda m: init_weights(m, init_std))
-        for layer, blk in enumerate(self.blocks, start=1):
-            blk.attn.proj.weight.data.div_(math.sqrt(2.0 * layer))
-            blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
+        rescale_residual_branches(self.blocks)
         self.cross_attention_block.mlp.fc2.weight.data.div_(math.sqrt(2.0 * max(len(self.blocks), 1)))
 
     def forward(self, x: Tensor) -> Tensor:

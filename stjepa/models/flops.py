@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .area import area_index
 from .predictor import VisionTransformerPredictor
-from .sequence import Grid, grid_positions
+from .grid import Grid, grid_positions, token_grid
 from .vision_transformer import VisionTransformer
 
 
@@ -96,3 +96,19 @@ def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, mask
                 + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
     blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, area)
     return Flops(linear=io) + blocks
+
+
+def train_step_flops(encoder: VisionTransformer, predictor: VisionTransformerPredictor,
+                     target_encoder: VisionTransformer, clip_shape: tuple[int, ...],
+                     masks_enc: list[Tensor], masks_pred: list[Tensor]) -> Flops:
+    """FLOPs of one JEPA training step on clips of ``clip_shape`` (B, C, T, H, W): 3x (forward +
+    backward) for the context encoder and the predictor, 1x for the target encoder's forward.
+    The context encoder embeds each clip once, whatever the number of mask sets."""
+    batch = clip_shape[0]
+    grid = token_grid(tuple(clip_shape), encoder.patch_size, encoder.tubelet_size)
+    trained = patch_embed_flops(encoder, batch, grid)
+    for mx, my in zip(masks_enc, masks_pred):
+        mx, my = mx.cpu(), my.cpu()
+        trained = trained + encoder_flops(encoder, batch, grid, mx, embed=False)
+        trained = trained + predictor_flops(predictor, mx, my, grid)
+    return encoder_flops(target_encoder, batch, grid) + trained.scale(3.0)

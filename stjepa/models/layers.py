@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .area import AreaLayout, attend
+from .arguments import ArgumentError
 from .rope import RopeTables, apply_rope
 
 
@@ -31,7 +32,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"model.embed_dim={dim} must be divisible by model.num_heads={num_heads}.")
+            raise ArgumentError("{dim} is not divisible by {num_heads}.", dim=dim, num_heads=num_heads)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

@@ -9,11 +9,13 @@ from torch import Tensor
 
 from .attention_config import AttentionConfig
 from .layers import Block
-from .sequence import Grid, GridLayoutMixin, check_indices, run_blocks
+from .arguments import ArgumentError
+from .grid import Grid, check_indices
+from .stack import AttentionLayoutMixin, run_blocks
 from .vision_transformer import init_weights, rescale_residual_branches
 
 
-class VisionTransformerPredictor(GridLayoutMixin, nn.Module):
+class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
     """Embed context features to the predictor width, append a learnable mask token at each
     target position, run the blocks over context + targets (ordered by grid position, or by
     area then grid position with area layers), and project the targets back to encoder width.
@@ -43,9 +45,8 @@ class VisionTransformerPredictor(GridLayoutMixin, nn.Module):
     ):
         super().__init__()
         if predictor_embed_dim % num_heads:
-            raise ValueError(
-                f"model.pred_embed_dim={predictor_embed_dim} must be divisible by model.pred_num_heads={num_heads}."
-            )
+            raise ArgumentError("{predictor_embed_dim} is not divisible by {num_heads}.",
+                                predictor_embed_dim=predictor_embed_dim, num_heads=num_heads)
         self.img_size, self.num_frames = img_size, num_frames
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.num_heads = num_heads

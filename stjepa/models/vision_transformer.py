@@ -10,7 +10,9 @@ from torch import Tensor
 
 from .attention_config import AttentionConfig
 from .layers import Block, PatchEmbed3D
-from .sequence import Grid, GridLayoutMixin, check_indices, gather_tokens, run_blocks
+from .arguments import ArgumentError, one_of
+from .grid import Grid, check_indices, gather_tokens, token_grid
+from .stack import AttentionLayoutMixin, run_blocks
 
 # name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
 # ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
@@ -44,18 +46,7 @@ def rescale_residual_branches(blocks: nn.ModuleList) -> None:
         blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
 
 
-def token_grid(shape: tuple[int, ...], patch_size: int, tubelet_size: int) -> Grid:
-    """(B, C, T, H, W) input shape -> (T', H', W') token grid, refusing sizes that do not divide."""
-    _, _, T, H, W = shape
-    if T % tubelet_size:
-        raise ValueError(f"data.frames_per_clip={T} must be a multiple of model.tubelet_size={tubelet_size}.")
-    for name, size in (("height", H), ("width", W)):
-        if size % patch_size:
-            raise ValueError(f"input {name} {size} must be a multiple of model.patch_size={patch_size}.")
-    return T // tubelet_size, H // patch_size, W // patch_size
-
-
-class VisionTransformer(GridLayoutMixin, nn.Module):
+class VisionTransformer(AttentionLayoutMixin, nn.Module):
     """Encoder: tubelet embedding, pre-norm blocks with 3D RoPE, final LayerNorm.
 
     ``forward(x, masks)`` takes video (B, C, T, H, W) or images (B, C, H, W), and optionally
@@ -85,6 +76,8 @@ class VisionTransformer(GridLayoutMixin, nn.Module):
         use_activation_checkpointing: bool = False,
     ):
         super().__init__()
+        if embed_dim % num_heads:
+            raise ArgumentError("{embed_dim} is not divisible by {num_heads}.", embed_dim=embed_dim, num_heads=num_heads)
         self.img_size, self.num_frames = img_size, num_frames
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.embed_dim, self.num_heads = embed_dim, num_heads
@@ -165,8 +158,7 @@ class VisionTransformer(GridLayoutMixin, nn.Module):
 
 def vit(size: str = "vit_large", **overrides: Any) -> VisionTransformer:
     """Build a V-JEPA 2 size by name; keyword overrides change any constructor argument."""
-    if size not in VIT_SIZES:
-        raise ValueError(f"model.size={size!r} is not known; allowed values are {', '.join(VIT_SIZES)}.")
+    one_of(size, "size", VIT_SIZES)
     dim, depth, heads, ratio, swiglu = VIT_SIZES[size]
     kwargs: dict[str, Any] = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio, use_swiglu=swiglu)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})

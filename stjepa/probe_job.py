@@ -11,17 +11,20 @@ import rich.table
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, load_encoder
-from .config import ConfigError, check_required
-from .loggers import build_loggers, flat_config
-from .models.factory import split_attention
-from .probing import MultiHeadProbe
-from .training import quiet_duplicate_logs
+from lightning.pytorch.loggers import WandbLogger
+
+from .config import check_common, check_machine
+from .errors import ConfigError
+from .loggers import build_loggers, close_loggers, flat_config
+from .models import ArgumentError
+from .probe_module import MultiHeadProbe
+from .train_job import quiet_lightning
+from .weights import load_encoder
 from .utils.rich_config import print_config_tree
 
 
 def check_probe_config(cfg: DictConfig) -> None:
-    check_required(cfg)
+    check_common(cfg)
     if not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
     p = cfg.probe
@@ -45,14 +48,13 @@ def results_table(results: list[dict], best: dict) -> rich.table.Table:
 
 
 def probe(cfg: DictConfig) -> dict[str, Any]:
-    quiet_duplicate_logs()
+    quiet_lightning()
     check_probe_config(cfg)
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("ckpt", "probe", "data", "model", "attention", "trainer"))
-    L.seed_everything(cfg.seed, workers=True)
-    attention = None
-    if cfg.get("attention") is not None:
-        attention, _ = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
+    check_machine(cfg.trainer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    attention = OmegaConf.to_container(cfg.attention, resolve=True) if cfg.get("attention") is not None else None
     try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
         encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
                                attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
@@ -61,24 +63,29 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
                                 cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
                                 cfg.probe.final_lr_fraction, cfg.probe.label_smoothing)
-    except ValueError as exc:
-        if isinstance(exc, (ConfigError, CheckpointError)) or type(exc).__name__ == "ManifestError":
-            raise
-        raise ConfigError(str(exc)) from exc
+    except ArgumentError as exc:  # the probe heads' settings (probe.num_heads vs the encoder width)
+        raise ConfigError(exc.render(lambda arg: f"probe.{arg}")) from None
     loggers = build_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    for logger in loggers:
-        logger.log_hyperparams(flat_config(cfg))
-    trainer.fit(module, datamodule=datamodule)
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    try:
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        for logger in loggers:
+            logger.log_hyperparams(flat_config(cfg))
+        trainer.fit(module, datamodule=datamodule)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        return report(cfg, encoder.attention.tag, module, loggers)
+    finally:
+        close_loggers(loggers)
 
+
+def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers: list) -> dict[str, Any]:
+    """results.json, the rich table, and the best head in W&B's run summary."""
     best = module.best()
     results = {
         "ckpt": str(cfg.ckpt),
         "encoder_key": cfg.probe.encoder_key,
         "random_init": bool(cfg.probe.random_init),
-        "attention": encoder.attention.tag,
+        "attention": attention_tag,
         "num_classes": module.num_classes,
         "chance_top1": 1.0 / module.num_classes,
         "best": {k: best[k] for k in ("head", "lr", "weight_decay", "top1", "top5", "per_class_top1")},
@@ -91,8 +98,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
                f"top-1 {100 * best['top1']:.2f}%, top-5 {100 * best['top5']:.2f}% "
                f"(chance {100 / module.num_classes:.2f}%); written to {out}")
     for logger in loggers:
-        if "Wandb" in type(logger).__name__:
+        if isinstance(logger, WandbLogger):
             logger.experiment.summary.update({"probe/best_top1": best["top1"], "probe/best_top5": best["top5"],
                                               "probe/best_lr": best["lr"], "probe/best_wd": best["weight_decay"]})
-            logger.experiment.finish()
     return results

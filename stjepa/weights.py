@@ -1,29 +1,36 @@
-"""Official V-JEPA 2 checkpoints: load into stjepa modules, and export back to that layout.
+"""Model weights in files: the two formats stjepa reads, strict loading, and the official export.
 
-An official ``.pt`` file is a dict with ``encoder``, ``predictor`` and ``target_encoder``
-state dicts (plus optimizer state and counters); parameters carry a ``module.backbone.``
-prefix from the DDP and multi-mask wrappers of the training code.
+- An official V-JEPA 2 ``.pt`` is a dict with ``encoder``, ``predictor`` and
+  ``target_encoder`` state dicts (plus optimizer state and counters); parameters carry a
+  ``module.backbone.`` prefix from the DDP and multi-mask wrappers of the training code.
+- A ``train.py`` ``.ckpt`` is a Lightning checkpoint of the pretraining module: ``state_dict``
+  with ``encoder.``, ``predictor.`` and ``target_encoder.`` prefixes, and the module's
+  ``hyper_parameters`` (the arguments of :func:`~stjepa.model_config.build_encoder`), from
+  which its architecture is rebuilt.
+
+:func:`read_weights` tells the two apart; everything else works on its result.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from .checkpoint_io import atomic_save
+from .errors import CheckpointError
+from .model_config import ENCODER_HPARAMS, build_encoder
+from .models.arguments import one_of
 from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
 
 OFFICIAL_KEYS = ("encoder", "predictor", "target_encoder")
 OFFICIAL_PREFIX = "module.backbone."
 # Present in some files but unused with RoPE; the official loaders drop them too.
 IGNORED_KEYS = ("pos_embed", "predictor_pos_embed")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the reason in one message."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -114,9 +121,7 @@ def load_official(
 
 
 def encoder_width(size: str) -> int:
-    if size not in VIT_SIZES:
-        raise ValueError(f"model.size={size!r} is not known; allowed values are {', '.join(VIT_SIZES)}.")
-    return VIT_SIZES[size][0]
+    return VIT_SIZES[one_of(size, "size", VIT_SIZES)][0]
 
 
 def export_official(
@@ -139,54 +144,48 @@ def export_official(
     atomic_save(out, path)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+@dataclass
+class Weights:
+    """The state dicts of a checkpoint file, by part (``encoder``, ``predictor``,
+    ``target_encoder``; prefixes stripped), and the pretraining module's hyper-parameters when
+    the file is a ``train.py`` checkpoint (None for official files)."""
+
+    path: str
+    parts: dict[str, dict[str, torch.Tensor]]
+    hparams: dict[str, Any] | None
+
+    def part(self, key: str) -> dict[str, torch.Tensor]:
+        if not self.parts.get(key):
+            raise CheckpointError(f"checkpoint file {self.path!r} has no {key!r} weights; it has "
+                                  f"{', '.join(k for k, v in self.parts.items() if v) or 'none'}.")
+        return self.parts[key]
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete half-written temporaries of ``path`` left by writers that were killed mid-save
-    (``.<name>.tmp-<pid>`` whose process is gone); those of a live process are left alone."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+def read_weights(path: str | os.PathLike) -> Weights:
+    """Read an official V-JEPA 2 ``.pt`` or a ``train.py`` ``.ckpt``."""
+    ckpt = read_checkpoint(path)
+    if "state_dict" in ckpt:  # a Lightning checkpoint of the pretraining module
+        state = ckpt["state_dict"]
+        parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                 for name in OFFICIAL_KEYS}
+        return Weights(str(path), parts, dict(ckpt.get("hyper_parameters") or {}))
+    if not any(k in ckpt for k in OFFICIAL_KEYS):
+        raise CheckpointError(f"checkpoint file {str(path)!r} is neither a V-JEPA 2 checkpoint (keys encoder, "
+                              f"predictor, target_encoder) nor a train.py checkpoint (key state_dict); it has "
+                              f"{', '.join(map(str, list(ckpt)[:8]))}.")
+    return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but belongs to someone else (PermissionError), or cannot be asked
-        return True
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predictor: nn.Module,
+                             target_encoder: nn.Module) -> None:
+    """Start (or anneal) from a file's weights: the encoder, the predictor when the file has
+    one, and the target encoder (the encoder's weights when the file has no target)."""
+    weights = read_weights(path)
+    load_strict(encoder, weights.part("encoder"), f"'encoder' in {str(path)!r}")
+    if weights.parts.get("predictor"):
+        load_strict(predictor, weights.parts["predictor"], f"'predictor' in {str(path)!r}")
+    target = weights.parts.get("target_encoder") or weights.part("encoder")
+    load_strict(target_encoder, target, f"'target_encoder' in {str(path)!r}")
 
 
 def load_encoder(
@@ -194,39 +193,32 @@ def load_encoder(
     key: str = "target_encoder",
     model: Mapping[str, Any] | None = None,
     attention: Mapping[str, Any] | None = None,
-    img_size: int | None = None,
-    num_frames: int | None = None,
+    crop_size: int | None = None,
+    frames_per_clip: int | None = None,
     random_init: bool = False,
 ) -> VisionTransformer:
     """An encoder from a train.py ``.ckpt`` (its own architecture and attention layout) or an
-    official V-JEPA 2 ``.pt`` (architecture from ``model``). ``attention`` replaces the stored
-    layout; ``key`` picks ``target_encoder`` or ``encoder``; ``random_init`` keeps the
-    architecture but not the weights (the baseline a probe must beat)."""
-    from .models.factory import build_encoder, split_attention
-
+    official V-JEPA 2 ``.pt`` (architecture from the ``model`` group). ``attention`` (the
+    attention group) replaces the stored layout; ``key`` picks ``target_encoder`` or
+    ``encoder``; ``random_init`` keeps the architecture but not the weights (the baseline a
+    probe must beat)."""
     if key not in ("target_encoder", "encoder"):
         raise CheckpointError(f"probe.encoder_key={key!r} is not known; allowed values are target_encoder, encoder.")
-    ckpt = read_checkpoint(path)
-    if "state_dict" in ckpt and "hyper_parameters" in ckpt:  # a train.py checkpoint
-        hp = ckpt["hyper_parameters"]
+    weights = read_weights(path)
+    state = weights.part(key)
+    if weights.hparams is not None:
+        hp = weights.hparams
         ema = (hp.get("optim") or {}).get("ema")
         if key == "target_encoder" and not random_init and ema and all(float(m) == 1.0 for m in ema):
             warnings.warn(f"checkpoint file {str(path)!r} was trained with optim.ema={list(ema)}: its target encoder "
                           f"never moved from its initial weights, so probing it measures random weights; "
                           f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
-        stored, _ = split_attention(hp.get("attention"))
-        encoder = build_encoder(hp["model"], attention if attention is not None else stored,
-                                hp["crop_size"], hp["frames_per_clip"])
-        state = {k[len(key) + 1:]: v for k, v in ckpt["state_dict"].items() if k.startswith(key + ".")}
-        if not state:
-            raise CheckpointError(f"checkpoint file {str(path)!r} holds no {key!r} weights.")
+        args = {name: hp[name] for name in ENCODER_HPARAMS}
+        if attention is not None:
+            args["attention"] = attention
+        encoder = build_encoder(**args)
     else:
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r} entry; it has "
-                                  f"{', '.join(map(str, ckpt))}.")
-        model = dict(model or {})
-        encoder = build_encoder(model, attention, img_size or 224, num_frames or 16)
-        state = strip_prefixes(ckpt[key])
+        encoder = build_encoder(dict(model or {}), attention, crop_size or 224, frames_per_clip or 16)
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")
     return encoder

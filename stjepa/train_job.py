@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .callbacks import ExportOfficial
-from .checkpointing import AtomicCheckpointIO
-from .config import check_train_config
-from .loggers import build_loggers, flat_config
+from .checkpoint_io import AtomicCheckpointIO
+from .config import check_machine, check_train_config
+from .errors import RunComplete
+from .loggers import build_loggers, close_loggers, flat_config
 from .utils.rich_config import print_config_tree
 
 log = logging.getLogger(__name__)
@@ -57,12 +59,27 @@ def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
-def quiet_duplicate_logs() -> None:
-    """Lightning adds its own console handler; under Hydra the root logger prints already."""
+class _DropLightningNoise(logging.Filter):
+    """Lightning's advertisement and its note that our summary callback replaced its own."""
+
+    NOISE = ("💡 Tip", "Skipping setting a default `ModelSummary`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_lightning() -> None:
+    """One copy of each Lightning message, without its tips and deprecation chatter: under
+    Hydra the root logger prints already, so Lightning's own console handlers go."""
     if logging.getLogger().handlers:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningNoise) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningNoise())
+    # raised inside Lightning itself with torch >= 2.10; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def is_launching_process() -> bool:
@@ -71,13 +88,30 @@ def is_launching_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0"
 
 
+def completed_step(ckpt_path: str) -> int:
+    """The optimizer step a checkpoint was saved at (the file is memory-mapped, not read)."""
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
+def trainer_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """Trainer settings that follow from the rest of the config: a run shorter than
+    trainer.log_every_n_steps still logs its training metrics."""
+    max_steps, every = cfg.trainer.get("max_steps", -1), cfg.trainer.get("log_every_n_steps", 50)
+    return {"log_every_n_steps": min(every, max_steps)} if 0 < max_steps < every else {}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    quiet_duplicate_logs()
+    quiet_lightning()
     check_train_config(cfg)
+    check_machine(cfg.trainer)
     ckpt_path = find_resume_checkpoint(cfg)
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if ckpt_path and max_steps > 0 and completed_step(ckpt_path) >= max_steps:
+        raise RunComplete(f"the run is complete: {ckpt_path} is at step {completed_step(ckpt_path)} and "
+                          f"trainer.max_steps={max_steps}; raise trainer.max_steps to train on.")
     if cfg.get("print_config", True) and is_launching_process():
         print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -91,19 +125,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("export_official"):
         callbacks.append(ExportOfficial(str(checkpoint_dir)))
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     plugins=[AtomicCheckpointIO()])
-    for logger in loggers:
-        logger.log_hyperparams(flat_config(cfg))
-    if ckpt_path:
-        log.info("Resuming from %s", ckpt_path)
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg))
+        for logger in loggers:
+            logger.log_hyperparams(flat_config(cfg))
+        if ckpt_path:
+            log.info("Resuming from %s", ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        close_loggers(loggers)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = trainer.global_step
     metrics["last_ckpt"] = str(checkpoint_dir / "last.ckpt")
-    for logger in loggers:
-        if hasattr(logger, "experiment") and "Wandb" in type(logger).__name__:
-            logger.experiment.finish()
     return metrics

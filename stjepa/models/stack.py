@@ -1,7 +1,8 @@
-"""Running a stack of blocks over tokens that carry (t, h, w) grid positions.
+"""A stack of transformer blocks over tokens that carry (t, h, w) grid positions.
 
-Shared by the encoder and the predictor: positions, the area sort and the RoPE tables are
-computed once per forward here and handed to every layer.
+Shared by the encoder and the predictor: the stack's attention layout (which layers are area
+layers), and running the blocks, where positions, the area sort and the RoPE tables are
+computed once per forward and handed to every layer.
 """
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .area import AreaLayout, area_index
 from .attention_config import AttentionConfig
+from .grid import Grid, gather_tokens, grid_positions
 from .rope import RopeTables
 
-Grid = tuple[int, int, int]
 
-
-class GridLayoutMixin:
+class AttentionLayoutMixin:
     """Shared by encoder and predictor: the configured token grid and the attention layout.
     Expects ``num_frames``, ``tubelet_size``, ``img_size``, ``patch_size`` and ``depth``."""
 
@@ -34,32 +34,6 @@ class GridLayoutMixin:
         pattern = config.pattern(self.depth)
         config.validate(self.depth, self.default_grid)
         self.attention, self.attention_pattern = config, pattern
-
-
-def grid_positions(ids: Tensor, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat token index (t-major, then h, then w) -> (t, h, w) coordinates."""
-    _, H, W = grid
-    return ids // (H * W), (ids // W) % H, ids % W
-
-
-def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """x (B, N, ...) -> x[b, index[b]] for (B, K) indices."""
-    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
-    return x.gather(1, idx)
-
-
-def check_indices(ids: Tensor, grid: Grid, what: str = "mask") -> None:
-    numel = grid[0] * grid[1] * grid[2]
-    if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
-        raise ValueError(f"{what} indices must be a (batch, tokens) integer tensor, got {tuple(ids.shape)} {ids.dtype}.")
-    if not ids.numel():
-        return
-    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync
-    if low < 0 or high >= numel:
-        raise ValueError(
-            f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid; "
-            f"got values in {low}..{high}."
-        )
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .models.attentive_probe import AttentiveClassifier
 from .models.vision_transformer import VisionTransformer
-from .schedules import warmup_cosine
+from .optim import warmup_cosine
 
 
 def average_views(logits: Tensor, views: int) -> Tensor:

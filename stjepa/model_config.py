@@ -1,0 +1,77 @@
+"""The ``model`` and ``attention`` config groups -> encoder and predictor.
+
+This is the one place that knows how config keys map to constructor arguments, so it also
+turns the models' :class:`~stjepa.models.ArgumentError` (which names constructor arguments)
+into a :class:`~stjepa.errors.ConfigError` naming the key the user set, e.g.
+``attention.predictor.area_end`` or ``model.pred_num_heads``. Defaults live in the YAML
+(``conf/model``, ``conf/attention``) and, for keys left null, in the constructors.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import fields
+from typing import Any, Callable, Mapping, TypeVar
+
+from .errors import ConfigError
+from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
+
+T = TypeVar("T")
+
+ATTENTION_FIELDS = frozenset(f.name for f in fields(AttentionConfig))
+ENCODER_ARGS = frozenset(inspect.signature(VisionTransformer).parameters) | {"size"}
+# model-group key -> predictor argument (the predictor's own width and depth carry a pred_ prefix)
+PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim", "pred_num_heads": "num_heads",
+                  "num_mask_tokens": "num_mask_tokens", "zero_init_mask_tokens": "zero_init_mask_tokens",
+                  "use_activation_checkpointing": "use_activation_checkpointing"}
+# encoder arguments that come from the data group
+DATA_KEYS = {"img_size": "data.crop_size", "num_frames": "data.frames_per_clip"}
+ENCODER_HPARAMS = ("model", "attention", "crop_size", "frames_per_clip")  # build_encoder's arguments
+
+
+def split_attention(attention: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """``attention`` settings hold the encoder's layout plus an optional ``predictor`` entry."""
+    settings = dict(attention or {})
+    predictor = dict(settings.pop("predictor", None) or {})
+    return settings, predictor
+
+
+def config_key(arg: str, part: str) -> str:
+    """The config key behind constructor argument ``arg`` of ``part`` ('encoder' or 'predictor')."""
+    if arg in ATTENTION_FIELDS:
+        return f"attention.{arg}" if part == "encoder" else f"attention.predictor.{arg}"
+    if part == "predictor":
+        return "model." + {v: k for k, v in PREDICTOR_KEYS.items()}.get(arg, arg)
+    return DATA_KEYS.get(arg, f"model.{arg}")
+
+
+def in_config_terms(part: str, build: Callable[[], T]) -> T:
+    """Run ``build``; an ArgumentError becomes a ConfigError naming the user's keys."""
+    try:
+        return build()
+    except ArgumentError as exc:
+        raise ConfigError(exc.render(lambda arg: config_key(arg, part))) from None
+
+
+def encoder_args(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-group keys that are encoder arguments; null keeps the size's (or constructor's) value."""
+    return {k: v for k, v in model.items() if k in ENCODER_ARGS and v is not None}
+
+
+def build_encoder(model: Mapping[str, Any], attention: Mapping[str, Any] | None, crop_size: int,
+                  frames_per_clip: int) -> VisionTransformer:
+    """The encoder from the ``model`` and ``attention`` groups (the encoder's part of it) for
+    clips of ``frames_per_clip`` frames at ``crop_size`` pixels. The pretraining module takes
+    these same arguments, so its saved hyper-parameters rebuild the encoder."""
+    args, layout = encoder_args(model), split_attention(attention)[0]
+    return in_config_terms("encoder", lambda: vit(img_size=crop_size, num_frames=frames_per_clip, attention=layout,
+                                                  **args))
+
+
+def build_predictor(model: Mapping[str, Any], attention: Mapping[str, Any] | None,
+                    encoder: VisionTransformer) -> VisionTransformerPredictor:
+    """The predictor for ``encoder``, with the layout under ``attention.predictor``."""
+    args = {arg: model[key] for key, arg in PREDICTOR_KEYS.items() if model.get(key) is not None}
+    layout = split_attention(attention)[1]
+    return in_config_terms("predictor", lambda: VisionTransformerPredictor(
+        img_size=encoder.img_size, num_frames=encoder.num_frames, patch_size=encoder.patch_size,
+        tubelet_size=encoder.tubelet_size, embed_dim=encoder.embed_dim, attention=layout, **args))

@@ -1,0 +1,118 @@
+"""JEPA pretraining as a LightningModule: context encoder + predictor regress the layer-normed
+features of an EMA target encoder at masked positions (V-JEPA 2).
+
+The module holds the three networks, the training and validation steps, the loss and the
+optimizer. Around it: schedules in :mod:`stjepa.optim`, the non-finite policy, FLOP and
+throughput logging in :mod:`stjepa.callbacks`, weight files in :mod:`stjepa.weights`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model_config import build_encoder, build_predictor
+from .models.grid import gather_tokens, token_grid
+from .optim import OptimSettings, adamw, apply_schedule
+from .weights import load_pretraining_weights
+
+
+def jepa_loss(predictions: list[Tensor], targets: list[Tensor], loss_exp: float = 1.0) -> Tensor:
+    """mean |pred - target|^p / p per mask set, averaged over mask sets (p = 1: L1)."""
+    per_set = [(p - t).abs().pow(loss_exp).mean() / loss_exp for p, t in zip(predictions, targets)]
+    return torch.stack(per_set).mean()
+
+
+def feature_std(features: Tensor) -> Tensor:
+    """Std over all tokens of each feature, averaged over features; near 0 means collapse."""
+    return features.float().reshape(-1, features.shape[-1]).std(dim=0).mean()
+
+
+class JEPAPretrainModule(L.LightningModule):
+    """``model``, ``attention`` and ``optim`` are the config groups of the same names;
+    ``frames_per_clip`` and ``crop_size`` the clip size. ``model.init_from`` starts from the
+    weights of an official ``.pt`` or a ``train.py`` ``.ckpt``."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        attention: Mapping[str, Any] | None,
+        optim: Mapping[str, Any],
+        frames_per_clip: int,
+        crop_size: int,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim = OptimSettings(**optim)
+        self.encoder = build_encoder(model, attention, crop_size, frames_per_clip)
+        self.predictor = build_predictor(model, attention, self.encoder)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_encoder.requires_grad_(False)
+        if model.get("init_from"):
+            load_pretraining_weights(model["init_from"], self.encoder, self.predictor, self.target_encoder)
+        self.compile_models = compile
+        self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers
+
+    def configure_model(self) -> None:
+        if self.compile_models:
+            for module in (self.encoder, self.predictor, self.target_encoder):
+                module.compile()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self.schedule_length = self.optim.schedule_length(self.trainer.estimated_stepping_batches)
+        return adamw((self.encoder, self.predictor), self.optim, fused=self.device.type == "cuda")
+
+    def schedule(self) -> dict[str, float]:
+        """lr, weight decay and EMA momentum at the current step."""
+        return self.optim.at(self.global_step, self.schedule_length)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs training_step and backward (the closure)
+        # a step whose gradients were discarded (callbacks.NonFiniteGuard) moves no weights
+        if any(p.grad is not None for p in self.encoder.parameters()):
+            self.update_target_encoder(self.schedule()["ema"])
+
+    @torch.no_grad()
+    def update_target_encoder(self, momentum: float) -> None:
+        """target <- m * target + (1 - m) * online."""
+        target = list(self.target_encoder.parameters())
+        online = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+    # -- steps -----------------------------------------------------------------------------
+    def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor]:
+        clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
+        with torch.no_grad():
+            h = self.target_encoder(clips)
+            h = F.layer_norm(h, (h.shape[-1],))
+            targets = [gather_tokens(h, m) for m in masks_pred]
+        z = self.encoder(clips, masks_enc)
+        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
+        preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid)
+        loss = jepa_loss(preds, targets, self.optim.loss_exp)
+        return loss, z, h
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        values = self.schedule()
+        apply_schedule(self.optimizers().optimizer, values)
+        loss, z, _ = self.shared_step(batch)
+        B = batch["video"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
+                       "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
+                       "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
+        if "bad_videos" in batch:  # files skipped by the data pipeline: per step and summed per epoch
+            self.log("data/bad_videos", batch["bad_videos"].sum().float(), on_step=True, on_epoch=True,
+                     reduce_fx="sum", batch_size=B)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, z, _ = self.shared_step(batch)
+        B = batch["video"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
+        self.log("val/feature_std", feature_std(z[0]), sync_dist=True, batch_size=B)
