@@ -71,10 +71,12 @@ def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: 
 
 def check_required(cfg: DictConfig) -> None:
     """Keys marked ??? in the YAML that the command line did not set."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    missing = sorted(key for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key))
+    missing += sorted(m for key in cfg if key != "hydra" and not OmegaConf.is_missing(cfg, key)
+                      and OmegaConf.is_config(cfg[key]) for m in OmegaConf.missing_keys(cfg[key]))  # full keys
     if missing:
         raise ConfigError(f"{missing[0]} must be set (it is marked ??? in the config); give it on the command "
-                          f"line, e.g. {missing[0]}=...")
+                          f"line as {missing[0]}=...")
 
 
 def check_common(cfg: DictConfig) -> None:

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from stjepa.checkpointing import AtomicCheckpointIO
-from stjepa.pretrain import NonFiniteLossError
+from stjepa.checkpoint_io import AtomicCheckpointIO
+from stjepa.errors import NonFiniteLossError
 from train_helpers import FAST, ROOT, read_metrics, run_train, series
 
 TESTS = str(ROOT / "tests")
@@ -25,9 +25,9 @@ def train_cmd(run_dir, *overrides, multirun=False):
     return args, env
 
 
-def run_cmd(run_dir, *overrides, multirun=False, timeout=600):
+def run_cmd(run_dir, *overrides, multirun=False):
     args, env = train_cmd(run_dir, *overrides, multirun=multirun)
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def load_state(path):
@@ -95,7 +95,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp
 
 KILL_DURING_SAVE = r"""
 import os, signal, sys, torch
-from stjepa.checkpointing import AtomicCheckpointIO
+from stjepa.checkpoint_io import AtomicCheckpointIO
 path = sys.argv[1]
 real_save = torch.save
 def dying_save(obj, f, *args, **kwargs):
@@ -135,6 +135,20 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+def test_a_run_stopped_by_a_nonfinite_loss_still_closes_its_wandb_run(tmp_path, monkeypatch):
+    import glob
+
+    from wandb_records import finished_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(NonFiniteLossError):
+        run_train(tmp_path, "logger=wandb", "trainer.max_steps=4", "+callbacks.poison._target_=fault_helpers.PoisonAtStep",
+                  "+callbacks.poison.step=2")
+    (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
+    exits = [r.exit for r in finished_records(run_file) if r.WhichOneof("record_type") == "exit"]
+    assert exits and exits[-1].exit_code == 0  # wandb.finish() ran; the run is not left "running"
+
+
 def test_nonfinite_gradient_stops_naming_the_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match="gradient norm is not finite at step 1"):
         run_train(tmp_path, "trainer.max_steps=3", "+callbacks.poison._target_=fault_helpers.PoisonAtStep",
@@ -144,7 +158,7 @@ def test_nonfinite_gradient_stops_naming_the_step(tmp_path):
 @pytest.mark.parametrize("what", ["loss", "grad"])
 def test_skip_mode_leaves_the_weights_of_a_nonfinite_step_untouched(tmp_path, what):
     out = tmp_path / "poisoned_step.pt"
-    run_train(tmp_path, "trainer.max_steps=4", "module.on_nonfinite=skip",
+    run_train(tmp_path, "trainer.max_steps=4", "callbacks.nonfinite_guard.action=skip",
               "+callbacks.poison._target_=fault_helpers.PoisonAtStep", "+callbacks.poison.step=2",
               f"+callbacks.poison.what={what}", f"+callbacks.poison.out={out}")
     record = torch.load(out)

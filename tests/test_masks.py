@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stjepa.models.masks import MaskCollator, MaskSpec, MultiBlockMaskGenerator, V_JEPA2_MASKS
+from stjepa.data.masks import MaskCollator, MaskSpec, MultiBlockMaskGenerator, V_JEPA2_MASKS
 
 
 def gen(seed):

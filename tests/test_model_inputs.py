@@ -3,7 +3,7 @@ activation checkpointing and image inputs."""
 import pytest
 import torch
 
-from stjepa.models import AttentionConfig, VisionTransformerPredictor, vit
+from stjepa.models import ArgumentError, AreaSplits, AttentionConfig, VisionTransformerPredictor, vit
 from stjepa.models.flops import encoder_flops, predictor_flops
 
 
@@ -14,34 +14,44 @@ def tiny(**kw):
 @pytest.mark.parametrize(
     "attention, message",
     [
-        (dict(spatial_splits=0), r"attention.spatial_splits must be an integer >= 1"),
-        (dict(temporal_splits=0), r"attention.temporal_splits must be an integer >= 1"),
-        (dict(height_splits=5), r"attention.height_splits=5 is more splits than the 4 grid cells"),
-        (dict(temporal_splits=3), r"attention.temporal_splits=3 is more splits than the 2 grid cells"),
-        (dict(backend="magic"), r"attention.backend='magic' is not known; allowed values are auto"),
-        (dict(area_end=9), r"area_end=9 do not fit a depth of 4"),
-        (dict(area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
-        (dict(area_layers=[0, 7]), r"area_layers=\[0, 7\] does not fit a depth of 4"),
-        (dict(spatial_split=2), r"attention.spatial_split is not an attention setting"),
+        (dict(spatial_splits=0), r"^spatial_splits=0 is not allowed; allowed values are integers >= 1"),
+        (dict(temporal_splits=0), r"^temporal_splits=0 is not allowed; allowed values are integers >= 1"),
+        (dict(height_splits=5), r"^height_splits=5 is more splits than the 4 grid cells"),
+        (dict(spatial_splits=5), r"^spatial_splits=5 is more splits than the 4 grid cells of the shorter"),
+        (dict(temporal_splits=3), r"^temporal_splits=3 is more splits than the 2 grid cells"),
+        (dict(spatial_splits=2, height_splits=3), r"^spatial_splits=2 and height_splits=3 both set the height"),
+        (dict(backend="magic"), r"^backend='magic' is not known; allowed values are auto"),
+        (dict(spatial_splits=2, area_end=9), r"^area_start=0 / area_end=9 do not fit a depth of 4"),
+        (dict(spatial_splits=2, area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
+        (dict(area_layers=[0, 7]), r"^area_layers=\[0, 7\] does not fit a depth of 4"),
+        (dict(spatial_split=2), r"^spatial_split=2 is not an attention setting"),
     ],
 )
-def test_bad_attention_settings(attention, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_attention_settings_name_the_constructor_argument(attention, message):
+    # model code speaks in its own terms (no config keys); the config layer renames (test_train.py)
+    with pytest.raises(ArgumentError, match=message):
         tiny(attention=attention)
+
+
+def test_spatial_splits_sets_height_and_width_unless_they_say_otherwise():
+    assert AttentionConfig(spatial_splits=3).splits == AreaSplits(1, 3, 3)
+    assert AttentionConfig(spatial_splits=3, height_splits=3).splits == AreaSplits(1, 3, 3)  # agreeing: fine
+    assert AttentionConfig(height_splits=2).splits == AreaSplits(1, 2, 1)
+    assert AttentionConfig().splits == AreaSplits(1, 1, 1)
 
 
 def test_bad_inputs():
     model = tiny()
-    with pytest.raises(ValueError, match="frames_per_clip=3 must be a multiple of model.tubelet_size=2"):
+    with pytest.raises(ValueError, match="input of 3 frames is not a multiple of tubelet_size=2"):
         model(torch.randn(1, 3, 3, 64, 64))
-    with pytest.raises(ValueError, match="input height 60 must be a multiple of model.patch_size=16"):
+    with pytest.raises(ValueError, match="input height 60 is not a multiple of patch_size=16"):
         model(torch.randn(1, 3, 4, 60, 64))
     with pytest.raises(ValueError, match=r"mask indices must lie in 0..31 .* got values in 0..32"):
         model(torch.randn(1, 3, 4, 64, 64), torch.tensor([[0, 32]]))
     with pytest.raises(ValueError, match="mask indices must be a \\(batch, tokens\\) integer tensor"):
         model(torch.randn(1, 3, 4, 64, 64), torch.tensor([0.0, 1.0]))
     area = tiny(attention=dict(spatial_splits=4))
-    with pytest.raises(ValueError, match="spatial|height_splits=4 is more splits than the 2"):
+    with pytest.raises(ValueError, match="height_splits=4 is more splits than the 2"):
         area(torch.randn(1, 3, 4, 32, 32))  # a smaller input than the model was built for
     with pytest.raises(ValueError, match="backend='equal' needs every area to hold the same number"):
         tiny(attention=dict(spatial_splits=2, backend="equal"))(

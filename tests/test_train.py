@@ -96,7 +96,7 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
 
 
 def test_resume_true_picks_the_newest_last_ckpt_of_the_same_command(tmp_path):
-    from stjepa.training import find_resume_checkpoint
+    from stjepa.train_job import find_resume_checkpoint
 
     cfg = compose_config(tmp_path, ["resume=true", "attention=area_2x2"])
     assert find_resume_checkpoint(cfg) is None  # nothing yet: a fresh start
@@ -133,13 +133,21 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
 BAD_CONFIGS = [
     (["data.frames_per_clip=7"], "data.frames_per_clip=7 must be a multiple of model.tubelet_size=2."),
     (["data.crop_size=72"], "data.crop_size=72 must be a multiple of model.patch_size=16."),
-    (["attention.spatial_splits=5"], "attention.height_splits=5 is more splits than the 4 grid cells"),
+    (["attention.spatial_splits=5"], "attention.spatial_splits=5 is more splits than the 4 grid cells of the shorter"),
+    (["attention.spatial_splits=999"], "attention.spatial_splits=999 is more splits than the 4 grid cells"),
+    (["attention.height_splits=5"], "attention.height_splits=5 is more splits than the 4 grid cells"),
     (["attention.temporal_splits=5"], "attention.temporal_splits=5 is more splits than the 4 grid cells"),
+    (["attention=area_2x2", "attention.spatial_splits=3"],
+     "attention.spatial_splits=3 and attention.height_splits=2 both set the height splits; give one of them."),
     (["attention=area_2x2", "attention.area_end=13"], "attention.area_start=0 / attention.area_end=13 do not fit a depth of 12"),
     (["attention=area_2x2", "attention.area_start=5", "attention.area_end=5"], "need 0 <= area_start < area_end <= 12"),
     (["attention.predictor.spatial_splits=2", "attention.predictor.area_end=9"],
-     "attention.predictor.area_start=0 / attention.area_end=9 do not fit a depth of 4"),
-    (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0."),
+     "attention.predictor.area_start=0 / attention.predictor.area_end=9 do not fit a depth of 4"),
+    (["attention.predictor.height_splits=9"], "attention.predictor.height_splits=9 is more splits than the 4 grid"),
+    (["attention.predictor.backend=fast"], "attention.predictor.backend='fast' is not known; allowed values are auto"),
+    (["model.num_heads=5"], "model.embed_dim=192 is not divisible by model.num_heads=5."),
+    (["model.pred_num_heads=5"], "model.pred_embed_dim=96 is not divisible by model.pred_num_heads=5."),
+    (["data.batch_size=0"], "data.batch_size=0 is not allowed; allowed values are integers >= 1."),
     (["data.batch_size=64", "data.train_size=50"], "needs at least 64 training clips; data.train_size is 50."),
     (["trainer.devices=4", "data.train_size=16"], "data.batch_size=8 per device x 4 devices needs at least 32"),
     (["attention.backend=fast"], "attention.backend='fast' is not known; allowed values are auto, dense"),
@@ -147,6 +155,10 @@ BAD_CONFIGS = [
     (["optim.lr_schedule=step"], "optim.lr_schedule='step' is not known"),
     (["mask.short_range.num_blocks=0"], "mask.short_range.num_blocks must be an integer >= 1"),
     (["ckpt_path=/nope.ckpt"], "ckpt_path='/nope.ckpt' does not exist"),
+    (["trainer.max_steps=abc"], "trainer.max_steps='abc' is not allowed; allowed values are integers >= -1."),
+    (["seed=abc"], "seed='abc' is not allowed; allowed values are integers >= 0."),
+    (["callbacks.nonfinite_guard.action=ignore"], "callbacks.nonfinite_guard.action='ignore' is not known"),
+    (["data=kinetics"], "data.train_manifest must be set (it is marked ??? in the config)"),
 ]
 
 
@@ -160,13 +172,77 @@ def test_bad_configs_are_refused_with_one_sentence(tmp_path, overrides, message)
     assert str(info.value).count(". ") == 0 and "\n" not in str(info.value)  # one sentence
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["attention.height_splits=2"], (1, 2, 1)),  # on the default (full) layout: it must not be ignored
+    (["attention.width_splits=4"], (1, 1, 4)),
+    (["attention.spatial_splits=2"], (1, 2, 2)),
+    (["attention=area_2x2", "attention.height_splits=4"], (1, 4, 2)),
+    (["attention=area_2x2x2", "attention.temporal_splits=4"], (4, 2, 2)),
+])
+def test_every_split_override_takes_effect(tmp_path, overrides, expected):
+    from hydra.utils import instantiate
+
+    module = instantiate(compose_config(tmp_path, overrides).module, _convert_="all")
+    s = module.encoder.attention.splits
+    assert (s.temporal, s.height, s.width) == expected
+    assert any(module.encoder.attention_pattern)
+
+
 @pytest.mark.slow
-def test_bad_config_exits_before_work_without_traceback(tmp_path):
-    out = run_script("train.py", "attention.spatial_splits=5", f"hydra.run.dir={tmp_path}")
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("error: attention.height_splits=5 is more splits")
+def test_height_splits_on_the_default_layout_trains_area_attention(tmp_path):
+    """The exact command that used to train full attention with no word said."""
+    out = run_script("train.py", "attention.height_splits=2", *FAST, "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["attention"]["height_splits"] == 2
+    # a 4x4x4 grid cut in two along height: half the query-key pairs of full attention in area layers
+    ratio = series(read_metrics(tmp_path), "flops/attention_ratio")[0][1]
+    assert ratio < 1.0
+
+
+BAD_COMMANDS = [  # (command line, last stderr line)
+    (["attention.spatial_splits=5"], "error: attention.spatial_splits=5 is more splits than the 4 grid cells"),
+    (["trainer.max_steps=abc"], "error: trainer.max_steps='abc' is not allowed"),
+    (["seed=abc"], "error: seed='abc' is not allowed"),
+    (["attenton=area_2x2"], "error: attenton is not a config group or key; did you mean attention=area_2x2?"),
+    (["optm.lr=0.1"], "error: optm.lr is not a config group or key; did you mean optim.lr=0.1?"),
+    (["module.on_nonfinite=skip"], "error: module.on_nonfinite is now callbacks.nonfinite_guard.action; write "
+                                   "callbacks.nonfinite_guard.action=skip."),
+    (["trainer=gpu"], "error: trainer.accelerator=gpu but this machine has no CUDA GPU"),
+    (["data=kinetics"], "error: data.train_manifest must be set"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, last_line", BAD_COMMANDS)
+def test_bad_commands_exit_before_work_with_one_line_and_leave_no_run_directory(tmp_path, overrides, last_line):
+    if overrides == ["trainer=gpu"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run_dir = tmp_path / "run"
+    out = run_script("train.py", *overrides, f"hydra.run.dir={run_dir}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(last_line), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
-    assert not (tmp_path / "checkpoints").exists()
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_short_run_logs_metrics_quietly_and_resume_of_a_finished_run_says_so(tmp_path):
+    logs = tmp_path / "logs"
+    run, again_dir = logs / "train" / "runs" / "first", logs / "train" / "runs" / "again"
+    quick = ["trainer.max_steps=3", "trainer.val_check_interval=100", "data.num_workers=0", "print_config=false",
+             f"paths.log_dir={logs}"]
+    out = run_script("train.py", *quick, f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    shown = out.stdout + out.stderr
+    for noise in ("Epoch 0/-2", "Total FLOPs", "💡 Tip", "modules in eval mode", "LeafSpec"):
+        assert noise not in shown, noise
+    # 3 steps < trainer.log_every_n_steps=5: training metrics are logged all the same
+    assert series(read_metrics(run), "train/loss")
+    again = run_script("train.py", *quick, "resume=true", f"hydra.run.dir={again_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the run is complete" in again.stderr and "trainer.max_steps=3" in again.stderr
+    assert not again_dir.exists()
 
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -182,7 +258,7 @@ def test_experiment_presets_compose_and_validate(tmp_path, experiment):
     from stjepa.config import ConfigError, check_train_config
 
     cfg = compose_config(tmp_path, [f"experiment={experiment}"])
-    with pytest.raises(ConfigError, match=r"data.train_manifest must be set"):
+    with pytest.raises(ConfigError, match=r"^data.train_manifest must be set"):
         check_train_config(cfg)  # the presets read real videos: the manifest must be given
     big = f"data.train_manifest={__file__}"
     cfg = compose_config(tmp_path, [f"experiment={experiment}", big])
@@ -196,7 +272,7 @@ def test_experiment_presets_compose_and_validate(tmp_path, experiment):
     check_train_config(cfg)
     if experiment.startswith("st_a2"):
         from stjepa.models import AttentionConfig
-        from stjepa.models.factory import split_attention
+        from stjepa.model_config import split_attention
         from omegaconf import OmegaConf
 
         enc, _ = split_attention(OmegaConf.to_container(cfg.attention))
@@ -211,12 +287,12 @@ def test_synthetic_motion_preset_needs_no_files_and_keeps_command_line_choices(t
     check_train_config(cfg)
     assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.data.frame_hold == 2
     assert list(cfg.optim.ema) == [1.0, 1.0] and cfg.model.pred_depth == 1
-    assert cfg.attention.spatial_splits is None and cfg.attention.height_splits == 2  # the command line wins
+    assert cfg.attention.height_splits == 2 and cfg.attention.width_splits == 2  # the command line wins
     assert cfg.trainer.max_steps == 7
 
 
 def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
-    from stjepa.checkpoint import export_official
+    from stjepa.weights import export_official
     from stjepa.models import VisionTransformerPredictor, vit
 
     torch.manual_seed(1)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import vjepa2_reference as ref
-from stjepa.checkpoint import CheckpointError, export_official, load_official
+from stjepa.errors import CheckpointError
+from stjepa.weights import export_official, load_official
 from stjepa.models import VisionTransformerPredictor, vit
 from stjepa.models.rope import RopeTables, apply_rope
 

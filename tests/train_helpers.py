@@ -31,7 +31,7 @@ def compose_config(tmp_path, overrides=(), config_name="train"):
 
 
 def run_train(tmp_path, *overrides):
-    from stjepa.training import train
+    from stjepa.train_job import train
 
     return train(compose_config(tmp_path, [*FAST, *overrides]))
 
@@ -45,5 +45,6 @@ def series(rows, key):
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
 
 
-def run_script(*args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_script(*args, cwd=ROOT, env=None):
+    """A script as its own process, as a user runs it (no time limit: a busy machine is slow, not wrong)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env)

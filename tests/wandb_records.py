@@ -33,7 +33,7 @@ def read_records(path):
     return [pb.Record.FromString(r) for r in records]
 
 
-def finished_records(path, timeout=60.0):
+def finished_records(path, timeout=300.0):
     """The records of a run once its ``exit`` record is on disk. wandb.finish() can return while
     W&B's writer process is still appending to the file."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,13 @@ then runs on contiguous areas. Backends compute the same function:
 ``equal``   all areas hold N / A tokens: a reshape to (B*A, heads, N/A, dim) and plain SDPA
 ``auto``    ``equal`` when it applies, else ``varlen`` (CUDA) / ``flex`` (CUDA, older torch) /
             ``padded`` (CPU)
+
+Host syncs: a layout reads its area sizes to the host once (the backends take their shapes
+from them and ``auto`` chooses by them), and the ``padded``, ``varlen`` and ``flex`` backends
+gather the non-empty areas with a boolean mask, one sync more. A training step with area
+layers in the encoder adds one layout per encoder pass (the target encoder's, and one per
+context mask-set size) to the two index-range checks every step makes
+(``tests/test_host_syncs.py`` counts them).
 """
 from __future__ import annotations
 
@@ -104,7 +111,7 @@ class AreaLayout:
         counts = torch.zeros(B, num_areas, dtype=torch.long, device=area.device)
         counts.scatter_add_(1, self.area, torch.ones_like(self.area))
         self.counts = counts
-        self.counts_host = counts.cpu()  # a host sync: backends choose shapes from the area sizes
+        self.counts_host = counts.cpu()  # the layout's host sync (see the module docstring)
         self.backend = self._resolve(backend)
 
     # -- facts derived from the counts -------------------------------------------------

@@ -1,6 +1,8 @@
 """The token grid: (T', H', W') shapes, flat token indices and their (t, h, w) positions."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -32,14 +34,19 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, idx)
 
 
-def check_indices(ids: Tensor, grid: Grid, what: str = "mask") -> None:
-    """Refuse index tensors of the wrong shape, type or range (one host sync for the range)."""
-    numel = grid[0] * grid[1] * grid[2]
-    if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
-        raise ValueError(f"{what} indices must be a (batch, tokens) integer tensor, got {tuple(ids.shape)} {ids.dtype}.")
-    if not ids.numel():
+def check_indices(ids: Tensor | Sequence[Tensor], grid: Grid, what: str = "mask") -> None:
+    """Refuse index tensors of the wrong shape, type or range. The range of all of them is read
+    in one host sync (a device-to-host copy on GPUs), however many tensors are checked."""
+    tensors = [ids] if isinstance(ids, Tensor) else list(ids)
+    for t in tensors:
+        if t.dtype not in (torch.int32, torch.int64) or t.dim() != 2:
+            raise ValueError(f"{what} indices must be a (batch, tokens) integer tensor, got {tuple(t.shape)} {t.dtype}.")
+    ranges = [torch.stack(torch.aminmax(t)) for t in tensors if t.numel()]
+    if not ranges:
         return
-    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    numel = grid[0] * grid[1] * grid[2]
+    per_tensor = torch.stack(ranges)  # (tensors, 2): min and max of each
+    low, high = torch.stack([per_tensor[:, 0].min(), per_tensor[:, 1].max()]).tolist()
     if low < 0 or high >= numel:
         raise ValueError(
             f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid; "

@@ -90,13 +90,16 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         ``masks_y``. Lists (one entry per mask set) give a list; ``mask_index`` is then one
         index for all sets (what V-JEPA 2 training does) or one per set.
         """
-        if isinstance(x, (list, tuple)):
-            indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)
-            return [self.forward(*args, grid=grid) for args in zip(x, masks_x, masks_y, indices)]
         grid = grid or self.default_grid
         self.attention.splits.validate(grid)
-        check_indices(masks_x, grid, "context mask")
-        check_indices(masks_y, grid, "target mask")
+        if isinstance(x, (list, tuple)):
+            check_indices([*masks_x, *masks_y], grid, "context or target mask")
+            indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)
+            return [self._predict(*args, grid) for args in zip(x, masks_x, masks_y, indices)]
+        check_indices([masks_x, masks_y], grid, "context or target mask")
+        return self._predict(x, masks_x, masks_y, mask_index, grid)
+
+    def _predict(self, x: Tensor, masks_x: Tensor, masks_y: Tensor, mask_index: int, grid: Grid) -> Tensor:
         B, n_ctx, _ = x.shape
         context = self.predictor_embed(x)
         token = self.mask_tokens[mask_index % len(self.mask_tokens)]

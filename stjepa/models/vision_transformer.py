@@ -119,8 +119,8 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             ids = torch.arange(N, device=x.device).expand(B, N)
             return self.forward_tokens(tokens, ids, grid)
         mask_list = masks if isinstance(masks, (list, tuple)) else [masks]
+        check_indices(mask_list, grid)
         for m in mask_list:
-            check_indices(m, grid)
             if m.shape[0] != B:
                 raise ValueError(f"mask batch size {m.shape[0]} does not match the input batch size {B}.")
         outs = self._forward_mask_sets(tokens, mask_list, grid)

@@ -1,0 +1,63 @@
+"""Host syncs of a training step, counted with stjepa.utils.host_syncs against hand counts."""
+import pytest
+import torch
+
+from stjepa.data.collate import MaskingCollate
+from stjepa.utils.host_syncs import HostSyncCounter
+from train_helpers import compose_config
+
+
+def test_the_counter_counts_reads_of_device_tensors_only():
+    x = torch.arange(6.0)
+    with HostSyncCounter(package="tests/") as syncs:
+        host = x.cpu()            # 1: a device-to-host copy
+        (host + 1).tolist()       # 0: already on the host
+        bool(x.sum() > 0)         # 1
+        int(x.argmax())           # 1
+        x[x > 2]                  # 1: the output size depends on the data
+        torch.cat([x, x]).view(3, 4).sum(0)  # 0: no read
+        host[host > 2]            # 0
+    assert syncs.total == 4, syncs.by_place
+
+
+def context_passes(masks):
+    """The context encoder's passes: mask sets of one size are stacked into one."""
+    by_size = {}
+    for m in masks:
+        by_size.setdefault(m.shape[1], []).append(m)
+    return [torch.cat(ms) for ms in by_size.values()]
+
+
+def equal_areas(ids, grid):
+    """Whether every sample holds the same number of tokens in each of the 2x2 areas (by hand)."""
+    T, H, W = grid
+    h, w = (ids // W) % H, ids % W
+    area = (h * 2 // H) * 2 + (w * 2 // W)
+    counts = torch.stack([(area == a).sum(1) for a in range(4)], 1)
+    return bool((counts == ids.shape[1] // 4).all()) and ids.shape[1] % 4 == 0
+
+
+@pytest.mark.parametrize("layout", ["full", "area_2x2"])
+def test_syncs_of_one_training_step_forward_and_backward(tmp_path, layout):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tmp_path, [f"attention={layout}", "data.crop_size=128", "data.frames_per_clip=16"])
+    module = instantiate(cfg.module, _convert_="all")
+    collate = MaskingCollate(module.encoder.default_grid, [dict(v) for v in cfg.mask.values()], seed=0)
+    batch = collate([{"video": torch.randn(3, 16, 128, 128), "index": i} for i in range(4)])
+    with HostSyncCounter() as syncs:
+        loss = module.shared_step(batch)[0]
+        loss.backward()
+    reads = {}
+    for place, n in syncs.by_place.items():
+        reads[place.rsplit(" ", 1)[1]] = reads.get(place.rsplit(" ", 1)[1], 0) + n
+    # one range check of all mask indices in the context encoder, one in the predictor
+    assert reads.pop("tolist") == 2
+    if layout == "area_2x2":
+        # area sizes read once per layout: the target encoder's, and one per context size (mask sets
+        # of equal size share a pass)
+        assert reads.pop("cpu") == 1 + len({m.shape[1] for m in batch["masks_enc"]})
+        # the CPU backend for unequal areas (padded) gathers the non-empty areas with a boolean mask
+        assert reads.pop("index.Tensor", 0) == sum(not equal_areas(ids, module.encoder.default_grid)
+                                                   for ids in context_passes(batch["masks_enc"]))
+    assert reads == {}, syncs.by_place
