@@ -25,7 +25,6 @@ PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim"
                   "use_activation_checkpointing": "use_activation_checkpointing"}
 # encoder arguments that come from the data group
 DATA_KEYS = {"img_size": "data.crop_size", "num_frames": "data.frames_per_clip"}
-ENCODER_HPARAMS = ("model", "attention", "crop_size", "frames_per_clip")  # build_encoder's arguments
 
 
 def split_attention(attention: Mapping[str, Any] | None) -> tuple[dict, dict]:
@@ -75,3 +74,24 @@ def build_predictor(model: Mapping[str, Any], attention: Mapping[str, Any] | Non
     return in_config_terms("predictor", lambda: VisionTransformerPredictor(
         img_size=encoder.img_size, num_frames=encoder.num_frames, patch_size=encoder.patch_size,
         tubelet_size=encoder.tubelet_size, embed_dim=encoder.embed_dim, attention=layout, **args))
+
+
+def saved_layout(attention: Mapping[str, Any] | None) -> dict | None:
+    """An attention group as stored in a checkpoint, read as it was trained. Checkpoints written
+    before spatial_splits became a refused-on-conflict shorthand let it override height and
+    width splits (the old full preset stored spatial_splits: 1); new ones never hold a conflict."""
+    if attention is None:
+        return None
+
+    def resolved(layout: Mapping[str, Any]) -> dict:
+        layout = dict(layout)
+        if layout.get("spatial_splits") is not None:
+            layout["height_splits"] = layout["width_splits"] = None
+        return layout
+
+    encoder, predictor = split_attention(attention)
+    return {**resolved(encoder), "predictor": resolved(predictor)}
+
+
+# what the pretraining module saves as hyper-parameters includes these, build_encoder's arguments
+ENCODER_HPARAMS = tuple(inspect.signature(build_encoder).parameters)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
-from .model_config import ENCODER_HPARAMS, build_encoder
+from .model_config import ENCODER_HPARAMS, build_encoder, saved_layout
 from .models.arguments import one_of
 from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
 
@@ -214,8 +214,7 @@ def load_encoder(
                           f"never moved from its initial weights, so probing it measures random weights; "
                           f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
         args = {name: hp[name] for name in ENCODER_HPARAMS}
-        if attention is not None:
-            args["attention"] = attention
+        args["attention"] = attention if attention is not None else saved_layout(hp["attention"])
         encoder = build_encoder(**args)
     else:
         encoder = build_encoder(dict(model or {}), attention, crop_size or 224, frames_per_clip or 16)

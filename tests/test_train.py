@@ -313,3 +313,25 @@ def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
     metrics = run_train(tmp_path / "run", "attention=area_2x2", f"model.init_from={tmp_path / 'official.pt'}",
                         "trainer.max_steps=2")
     assert metrics["global_step"] == 2
+
+
+def test_checkpoints_of_earlier_versions_still_load(tmp_path):
+    """Before this layout, the module also took log_flops_every_n_steps and on_nonfinite, and the
+    full preset stored spatial_splits: 1, which won over height_splits (so a run with
+    attention.height_splits=2 trained full attention)."""
+    from stjepa.weights import load_encoder
+
+    run_train(tmp_path / "run", "trainer.max_steps=2")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    hp.update(log_flops_every_n_steps=10, on_nonfinite="stop")
+    hp["attention"].update(spatial_splits=1, height_splits=2, width_splits=1)
+    hp["attention"]["predictor"].update(spatial_splits=1, height_splits=1, width_splits=1)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    encoder = load_encoder(old, key="encoder")
+    assert encoder.attention.tag == "full" and not any(encoder.attention_pattern)
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][f"encoder.{k}"]), k
+    metrics = run_train(tmp_path / "resumed", "trainer.max_steps=3", f"ckpt_path={old}")
+    assert metrics["global_step"] == 3
