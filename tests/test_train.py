@@ -249,6 +249,13 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 VJEPA2_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("vjepa2", "st_a2"))]
 
 
+@pytest.mark.parametrize("size", ["vit_huge", "vit_giant"])
+def test_large_model_presets_inherit_vit_large(tmp_path, size):
+    big, large = compose_config(tmp_path, [f"model={size}"]).model, compose_config(tmp_path, ["model=vit_large"]).model
+    assert big.size == size
+    assert {k: v for k, v in big.items() if k != "size"} == {k: v for k, v in large.items() if k != "size"}
+
+
 def test_every_experiment_preset_is_covered():
     assert set(EXPERIMENTS) == set(VJEPA2_EXPERIMENTS) | {"synthetic_motion"}
 
