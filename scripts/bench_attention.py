@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stjepa.models.area import AreaLayout, AreaSplits, area_index, attend  # noqa: E402
-from stjepa.models.layers import Block  # noqa: E402
-from stjepa.models.rope import RopeTables  # noqa: E402
-from stjepa.models.sequence import grid_positions  # noqa: E402
-from stjepa.utils.timing import describe_device, git_commit, time_ms  # noqa: E402
+from stjepa.models.area import AreaSplits, area_index, attend
+from stjepa.models.grid import grid_positions
+from stjepa.models.layers import Block
+from stjepa.models.rope import RopeTables
+from stjepa.models.stack import sorted_area_layout
+from stjepa.utils.bench import write_csv
+from stjepa.utils.timing import describe_device, git_commit, time_ms
 
 GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
     "256px/16f": ((8, 16, 16), 0.25),
@@ -59,13 +57,11 @@ def visible_ids(grid, fraction, batch, splits, mode, seed=0):
 
 def build_layout(ids, grid, splits, backend, device):
     """Sort tokens by area (as the encoder does once per forward) and build the layout."""
-    t, h, w = grid_positions(ids, grid)
     if splits is None:
-        return None, ids, (t, h, w)
-    area = area_index(t, h, w, grid, splits)
-    order = (area * grid[0] * grid[1] * grid[2] + ids).argsort(1)
-    area = area.gather(1, order).to(device)
-    return AreaLayout(area, splits.num_areas, backend), ids.gather(1, order), tuple(z.gather(1, order) for z in (t, h, w))
+        return None, ids, grid_positions(ids, grid)
+    order, layout = sorted_area_layout(ids, grid, splits, backend)
+    ids = ids.gather(1, order)
+    return layout, ids, grid_positions(ids, grid)
 
 
 def backends_for(device, tokens, layout_name, mask_mode):
@@ -195,12 +191,7 @@ def main(argv=None):
         return
     if args.layouts[0] != "full":
         args.layouts = ["full"] + [x for x in args.layouts if x != "full"]  # ratios need the baseline first
-    rows = run(args)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} rows to {args.csv}")
+    write_csv(run(args), args.csv)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,18 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stjepa.data.decoding import available_decoders  # noqa: E402
-from stjepa.data.manifests import VideoSample  # noqa: E402
-from stjepa.data.synthetic import render_clip, sample_params  # noqa: E402
-from stjepa.data.transforms import TrainTransform  # noqa: E402
-from stjepa.data.video_dataset import VideoClipDataset  # noqa: E402
-from stjepa.utils.timing import describe_device, git_commit  # noqa: E402
+from stjepa.data.decoding import available_decoders
+from stjepa.data.manifests import VideoSample
+from stjepa.data.synthetic import render_clip, sample_params
+from stjepa.data.transforms import TrainTransform
+from stjepa.data.video_dataset import VideoClipDataset
+from stjepa.utils.timing import describe_device, git_commit
 
 
 def write_320p_videos(folder: Path, count: int, frames: int, fps: int) -> list[Path]:

@@ -22,7 +22,7 @@ its gradient-norm / finite-loss checks, the per-step schedule updates.
 
 Per row: visible (context) tokens per clip, summed over the mask sets; step time; peak memory
 (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS so far, ``ru_maxrss``); FLOPs per
-step (``JEPAPretrainModule.step_flops``: 3x the forward of the context encoder and the
+step (``stjepa.models.flops.train_step_flops``: 3x the forward of the context encoder and the
 predictor, 1x the target encoder's forward; linear layers and the attention core only); the
 achieved TFLOP/s; MFU against a matmul peak measured in the same run (bf16 on CUDA, fp32 on
 CPU); and area time / full time of the same size in the same run.
@@ -38,37 +38,20 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from profile_layers import (
-    DEFAULT_LAYOUTS,
-    LAYOUTS,
-    SIZES,
-    add_model_args,
-    add_size_args,
-    attention_settings,
-    autocast,
-    draw_masks,
-    model_from_args,
-    plot_layers,
-    profile_layers,
-    pyplot,
-    size_args,
-    sizes_from_args,
-    splits_tag,
-    write_csv,
-)
-
-from stjepa.models.area import AreaLayout, area_index
-from stjepa.models.sequence import grid_positions
-from stjepa.pretrain import JEPAPretrainModule
+from stjepa.models import AttentionConfig
+from stjepa.models.flops import Flops, train_step_flops
+from stjepa.models.stack import sorted_area_layout
+from stjepa.optim import adamw
+from stjepa.pretrain_module import JEPAPretrainModule
+from stjepa.utils.bench import (DEFAULT_LAYOUTS, LAYOUTS, SIZES, add_model_args, add_size_args, attention_settings,
+                                autocast, draw_masks, model_from_args, pyplot, size_args, sizes_from_args,
+                                train_optim, write_csv)
+from stjepa.utils.layer_profile import plot_layers, profile_layers
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
 VJEPA2 = "vjepa2"  # 256px/16f at --vjepa2-batch
@@ -79,11 +62,16 @@ def build_training(model: dict, attention: dict, crop: int, frames: int, device:
     """The pretraining module (encoder, predictor, EMA target encoder) and its AdamW."""
     torch.manual_seed(seed)
     with torch.device(device):
-        module = JEPAPretrainModule(model, attention, frames_per_clip=frames, crop_size=crop, compile=compile,
-                                    log_flops_every_n_steps=0)
+        module = JEPAPretrainModule(model, attention, train_optim(), frames_per_clip=frames, crop_size=crop,
+                                    compile=compile)
     module.to(device).train()
     module.configure_model()  # torch.compile of the three networks when compile=True
-    return module, module.build_optimizer(fused=device.type == "cuda")
+    return module, adamw((module.encoder, module.predictor), module.optim, fused=device.type == "cuda")
+
+
+def step_flops(module: JEPAPretrainModule, batch: dict) -> Flops:
+    return train_step_flops(module.encoder, module.predictor, module.target_encoder, tuple(batch["video"].shape),
+                            batch["masks_enc"], batch["masks_pred"])
 
 
 def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0) -> dict:
@@ -98,7 +86,7 @@ def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, see
 def make_train_step(module: JEPAPretrainModule, optimizer: torch.optim.Optimizer, batch: dict):
     """A closure running one training step; it returns the loss (a detached tensor)."""
     device = batch["video"].device
-    momentum = module.schedule_values(0)["ema"]
+    momentum = module.optim.at(0, 1)["ema"]
 
     def step():
         with autocast(device):
@@ -164,8 +152,7 @@ def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
     config = encoder.attention
     if not config.is_area:
         return "sdpa"
-    names = [AreaLayout(area_index(*grid_positions(m, encoder.default_grid), encoder.default_grid, config.splits),
-                        config.splits.num_areas, config.backend).backend for m in masks]
+    names = [sorted_area_layout(m, encoder.default_grid, config.splits, config.backend)[1].backend for m in masks]
     return "/".join(dict.fromkeys(names))
 
 
@@ -177,7 +164,7 @@ def bench_row(model, attention, crop, frames, batch, device, args) -> dict:
     losses = []
     free_memory(device)
     t = time_ms(lambda: losses.append(step()), device, warmup=args.warmup, iters=args.iters)
-    flops = module.step_flops(data)
+    flops = step_flops(module, data)
     return {
         "encoder_depth": module.encoder.depth, "backend": resolved_backends(module.encoder, data["masks_enc"]),
         "context_tokens": sum(m.shape[1] for m in data["masks_enc"]),
@@ -221,7 +208,7 @@ def run(args) -> list[dict]:
                 "device": describe_device(device), "dtype": "bfloat16" if cuda else "float32", "commit": commit,
                 "model": model["size"], "predictor": f"{model['pred_depth']}x{model['pred_embed_dim']}",
                 "size": size, "crop": crop, "frames": frames, "batch": batch, "layout": layout,
-                "splits": splits_tag(layout), "predictor_area": int(args.predictor_area),
+                "splits": AttentionConfig.create(LAYOUTS[layout]).splits.tag, "predictor_area": int(args.predictor_area),
                 "activation_checkpointing": int(args.activation_checkpointing), "compile": int(args.compile),
                 "status": "ok" if measured else "oom",
             }

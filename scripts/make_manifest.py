@@ -19,9 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stjepa.data.manifests import (  # noqa: E402
+from stjepa.data.manifests import (
     ManifestError,
     build_label_map,
     load_label_map,

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -38,9 +37,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stjepa.data.synthetic import (  # noqa: E402
+from stjepa.data.synthetic import (
     BOUNDARIES,
     COLOR_MODES,
     DIRECTIONS,

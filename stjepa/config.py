@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data.masks import MaskSpec
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .model_config import build_encoder, build_predictor
 from .models.arguments import ArgumentError, one_of, positive_int
 from .optim import LR_SCHEDULES
@@ -29,11 +29,33 @@ def check_int(value: Any, key: str, minimum: int = 1) -> int:
         raise ConfigError(exc.render(lambda _: key)) from None
 
 
+def check_ints(group: str, **values: tuple[Any, int]) -> None:
+    """``name=(value, minimum)`` for keys of one config group: each an integer >= its minimum,
+    else a ConfigError naming ``<group>.<name>``."""
+    for name, (value, minimum) in values.items():
+        check_int(value, f"{group}.{name}", minimum)
+
+
 def check_choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
     try:
         return one_of(value, "value", allowed)
     except ArgumentError as exc:
         raise ConfigError(exc.render(lambda _: key)) from None
+
+
+def instantiate_checked(node: Any, **kwargs: Any) -> Any:
+    """Hydra's instantiate, except that bad input the target itself refuses (a UserError) comes
+    out as that one sentence, not wrapped in Hydra's InstantiationException with its traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
 
 
 def plain(node: Any) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,18 +10,17 @@ import lightning as L
 import rich
 import rich.table
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lightning.pytorch.loggers import WandbLogger
-
-from .config import check_common, check_machine
+from .config import check_common, check_int, check_machine, instantiate_checked
 from .errors import ConfigError
 from .loggers import build_loggers, close_loggers, flat_config
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
 from .train_job import quiet_lightning
-from .weights import load_encoder
 from .utils.rich_config import print_config_tree
+from .weights import load_encoder
 
 
 def check_probe_config(cfg: DictConfig) -> None:
@@ -32,8 +32,12 @@ def check_probe_config(cfg: DictConfig) -> None:
         raise ConfigError("probe.lrs and probe.weight_decays must each hold at least one value.")
     if any(v <= 0 for v in p.lrs) or any(v < 0 for v in p.weight_decays):
         raise ConfigError("probe.lrs must be > 0 and probe.weight_decays >= 0.")
-    if p.num_probe_blocks < 1:
-        raise ConfigError(f"probe.num_probe_blocks must be >= 1, got {p.num_probe_blocks}.")
+    for key in ("num_probe_blocks", "num_heads"):
+        check_int(p.get(key), f"probe.{key}")
+    check_int(cfg.trainer.get("max_steps"), "trainer.max_steps")
+    check_int(cfg.data.get("batch_size"), "data.batch_size")
+    check_int(cfg.data.get("frames_per_clip"), "data.frames_per_clip")
+    check_int(cfg.data.get("crop_size"), "data.crop_size")
 
 
 def results_table(results: list[dict], best: dict) -> rich.table.Table:
@@ -49,6 +53,8 @@ def results_table(results: list[dict], best: dict) -> rich.table.Table:
 
 def probe(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
+    # the frozen encoder is in eval mode on purpose (no dropout or drop-path while probing)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     check_probe_config(cfg)
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("ckpt", "probe", "data", "model", "attention", "trainer"))
@@ -58,7 +64,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
         encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
                                attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate_checked(cfg.data)
         datamodule.setup("fit")
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
                                 cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,

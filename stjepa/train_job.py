@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .callbacks import ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
-from .config import check_machine, check_train_config
+from .config import check_machine, check_train_config, instantiate_checked
 from .errors import RunComplete
 from .loggers import build_loggers, close_loggers, flat_config
 from .utils.rich_config import print_config_tree
@@ -116,8 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, _convert_="all")
+    datamodule = instantiate_checked(cfg.data)
+    module = instantiate_checked(cfg.module, _convert_="all")
     datamodule.configure_masking(module.encoder.default_grid, [dict(v) for v in cfg.mask.values()])
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

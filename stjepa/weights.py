@@ -188,6 +188,30 @@ def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predic
     load_strict(target_encoder, target, f"'target_encoder' in {str(path)!r}")
 
 
+def encoder_shape(state: Mapping[str, torch.Tensor]) -> tuple[int, int, str | None] | None:
+    """(width, depth, VIT_SIZES name or None) of an encoder state dict; None if it is not one."""
+    patch = state.get("patch_embed.proj.weight")
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    if patch is None or not blocks:
+        return None
+    width, depth, swiglu = patch.shape[0], max(blocks) + 1, "blocks.0.mlp.fc3.weight" in state
+    names = [name for name, (dim, layers, _, _, gated) in VIT_SIZES.items()
+             if (dim, layers, gated) == (width, depth, swiglu)]
+    return width, depth, (names[0] if names else None)
+
+
+def check_encoder_size(path: str | os.PathLike, state: Mapping[str, torch.Tensor], model: Mapping[str, Any]) -> None:
+    """An official file's encoder against ``model.size``: a mismatch names the size that fits."""
+    found = encoder_shape(state)
+    if found is None or model.get("embed_dim") or model.get("depth"):
+        return  # not an encoder we can read, or an explicit architecture: load_strict lists the keys
+    width, depth, name = found
+    size = model.get("size")
+    if name is not None and name != size:
+        raise CheckpointError(f"checkpoint file {str(path)!r} holds a {name} encoder (width {width}, depth {depth}) "
+                              f"but model.size={size}; add model={name}.")
+
+
 def load_encoder(
     path: str | os.PathLike,
     key: str = "target_encoder",
@@ -217,6 +241,7 @@ def load_encoder(
         args["attention"] = attention if attention is not None else saved_layout(hp["attention"])
         encoder = build_encoder(**args)
     else:
+        check_encoder_size(path, state, dict(model or {}))
         encoder = build_encoder(dict(model or {}), attention, crop_size or 224, frames_per_clip or 16)
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")

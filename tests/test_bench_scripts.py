@@ -6,10 +6,13 @@ from collections import Counter
 from pathlib import Path
 
 import bench_train_step as bench
-import profile_layers as prof
 import pytest
 import torch
 from omegaconf import OmegaConf
+
+from stjepa.models import AttentionConfig
+from stjepa.utils import bench as common
+from stjepa.utils.layer_profile import plot_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vit_tiny", "--predictor-depth", "1", "--iters", "1", "--warmup", "0", "--threads", "1"]
@@ -45,7 +48,7 @@ def bench_run(tmp_path_factory):
 
 
 def tiny_model(**overrides):
-    return prof.model_settings("vit_tiny", pred_depth=2, depth=4, **overrides)
+    return common.model_settings("vit_tiny", pred_depth=2, depth=4, **overrides)
 
 
 @pytest.mark.slow
@@ -124,16 +127,16 @@ def hand_count(model, batch, grid, masks_enc, masks_pred, splits=None, area_laye
 @pytest.mark.parametrize("layout, splits", [("full", None), ("2x2x2", (2, 2, 2)), ("2x2x1", (2, 2, 1))])
 def test_flops_per_step_match_a_hand_count(layout, splits):
     model = tiny_model()
-    module, _ = bench.build_training(model, prof.attention_settings(layout), 64, 8, torch.device("cpu"))
+    module, _ = bench.build_training(model, common.attention_settings(layout), 64, 8, torch.device("cpu"))
     data = bench.make_batch(module, 2, torch.device("cpu"))
     grid = module.encoder.default_grid
     assert grid == (4, 4, 4)
     expected = hand_count(model, 2, grid, data["masks_enc"], data["masks_pred"], splits, 3 if splits else 0)
-    assert module.step_flops(data).total == pytest.approx(expected, rel=1e-12)
+    assert bench.step_flops(module, data).total == pytest.approx(expected, rel=1e-12)
 
 
 def test_one_bench_step_trains_the_encoder_and_moves_the_ema_target():
-    module, opt = bench.build_training(tiny_model(), prof.attention_settings("2x2x2"), 64, 8, torch.device("cpu"))
+    module, opt = bench.build_training(tiny_model(), common.attention_settings("2x2x2"), 64, 8, torch.device("cpu"))
     step = bench.make_train_step(module, opt, bench.make_batch(module, 2, torch.device("cpu")))
     snap = {name: {k: v.detach().clone() for k, v in getattr(module, name).state_dict().items()}
             for name in ("encoder", "predictor", "target_encoder")}
@@ -148,7 +151,7 @@ def test_one_bench_step_trains_the_encoder_and_moves_the_ema_target():
     assert len(changed) == len(enc)
     assert any(not torch.equal(v, snap["predictor"][k]) for k, v in module.predictor.state_dict().items())
     # EMA: target <- target + (1 - m) * (online - target), with the online weights after the step
-    m = module.schedule_values(0)["ema"]
+    m = module.optim.at(0, 1)["ema"]
     for k in enc:
         assert not torch.equal(tgt[k], snap["target_encoder"][k])
         torch.testing.assert_close(tgt[k], torch.lerp(snap["target_encoder"][k], enc[k], 1 - m))
@@ -162,34 +165,36 @@ def test_find_max_batch_doubles_then_halves():
     assert bench.find_max_batch(fits_below(1000), 24, 200) == 192  # capped
     assert bench.find_max_batch(fits_below(10), 24, 1024) == 6
     assert bench.find_max_batch(fits_below(0), 24, 1024) is None
-    assert bench.fits(tiny_model(), prof.attention_settings("full"), 64, 8, 1, torch.device("cpu"))
+    assert bench.fits(tiny_model(), common.attention_settings("full"), 64, 8, 1, torch.device("cpu"))
 
 
 def test_layouts_match_the_attention_configs():
-    full = OmegaConf.load(ROOT / "conf" / "attention" / "full.yaml")
     for name, conf_file in [("full", "full"), ("2x2", "area_2x2"), ("2x2x2", "area_2x2x2"), ("2x1x1", "area_2x1x1")]:
-        conf = OmegaConf.merge(full, OmegaConf.load(ROOT / "conf" / "attention" / f"{conf_file}.yaml"))
-        settings = prof.attention_settings(name)
-        for key in ("temporal_splits", "height_splits", "width_splits", "area_start", "area_end", "backend"):
+        conf = OmegaConf.to_container(common.compose_train_config([f"attention={conf_file}"]).attention)
+        settings = common.attention_settings(name)
+        encoder_part = (lambda d: {k: v for k, v in d.items() if k != "predictor"})
+        assert AttentionConfig.create(encoder_part(settings)).splits == AttentionConfig.create(
+            encoder_part(conf)).splits, name
+        for key in ("area_start", "area_end", "backend"):
             assert settings[key] == conf[key], (name, key)
-    settings = prof.attention_settings("2x2x1", predictor_area=True)
+    settings = common.attention_settings("2x2x1", predictor_area=True)
     assert settings["predictor"]["temporal_splits"] == 2 and settings["predictor"]["width_splits"] == 1
-    model = prof.model_settings("vit_large")
+    model = common.model_settings("vit_large")
     assert (model["pred_depth"], model["pred_embed_dim"], model["pred_num_heads"]) == (12, 384, 12)
-    assert prof.model_settings("vit_tiny", pred_depth=1, pred_width=64)["pred_embed_dim"] == 64
+    assert common.model_settings("vit_tiny", pred_depth=1, pred_width=64)["pred_embed_dim"] == 64
 
 
 def test_plot_needs_matplotlib_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="needs matplotlib"):
-        prof.pyplot()
+        common.pyplot()
 
 
 @pytest.mark.slow
 def test_plots(bench_run, tmp_path):
     pytest.importorskip("matplotlib")
     rows, layers = bench_run
-    paths = [bench.plot_speedup(rows, tmp_path), *prof.plot_layers(layers, tmp_path)]
+    paths = [bench.plot_speedup(rows, tmp_path), *plot_layers(layers, tmp_path)]
     assert [p.name for p in paths] == ["train_step_speedup.png", "profile_layers_64px_4f.png",
                                        "profile_layers_64px_8f.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
@@ -201,7 +206,7 @@ def test_profile_layers_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/profile_layers.py", "--model", "vit_tiny", "--crop", "64", "--frames", "4",
          "--batch", "1", "--layouts", "full", "2x2", "--layers", "0", "--iters", "1", "--warmup", "0",
-         "--threads", "1", "--csv", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+         "--threads", "1", "--csv", str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     rows = read_csv(out)
     assert [(r["layout"], r["layer"], r["area_layer"]) for r in rows] == [("full", "0", "0"), ("2x2", "0", "1")]

@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stjepa.checkpoint import CheckpointError, export_official, load_encoder
+from stjepa.errors import CheckpointError
 from stjepa.models import vit
-from stjepa.probing import MultiHeadProbe, average_views
+from stjepa.probe_module import MultiHeadProbe, average_views
+from stjepa.weights import export_official, load_encoder
 from train_helpers import compose_config, run_script, run_train
 
 
@@ -56,11 +57,11 @@ def test_official_pt_loads_with_the_configured_architecture(tmp_path):
     torch.manual_seed(0)
     source = vit("vit_tiny", img_size=64, num_frames=8)
     path = official_pt(tmp_path, source)
-    enc = load_encoder(path, model=dict(size="vit_tiny", patch_size=16, tubelet_size=2), img_size=64, num_frames=8,
-                       attention=dict(spatial_splits=2))
+    enc = load_encoder(path, model=dict(size="vit_tiny", patch_size=16, tubelet_size=2), crop_size=64,
+                       frames_per_clip=8, attention=dict(spatial_splits=2))
     assert any(enc.attention_pattern)  # probing a full-attention checkpoint with area attention
     x = torch.randn(1, 3, 8, 64, 64)
-    enc_full = load_encoder(path, model=dict(size="vit_tiny"), img_size=64, num_frames=8)
+    enc_full = load_encoder(path, model=dict(size="vit_tiny"), crop_size=64, frames_per_clip=8)
     torch.testing.assert_close(enc_full(x), source(x))
 
 
@@ -73,12 +74,17 @@ def test_checkpoint_errors_name_the_file_or_key(tmp_path, train_ckpt):
     raw = torch.load(path)
     del raw["target_encoder"]
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match="has no 'target_encoder' entry; it has encoder"):
+    with pytest.raises(CheckpointError, match="has no 'target_encoder' weights; it has encoder"):
         load_encoder(path, model=dict(size="vit_tiny"))
+    # the wrong size: the file's own size is named (width and depth counted from its tensors)
+    with pytest.raises(CheckpointError, match=r"holds a vit_tiny encoder \(width 192, depth 12\) but "
+                                              r"model.size=vit_small; add model=vit_tiny.$"):
+        load_encoder(path, key="encoder", model=dict(size="vit_small"))
+    # an explicit architecture that does not fit: every mismatch is listed
     expected = (r"official.pt' does not match the model architecture: mis-shaped "
                 r"\(148\): blocks.0.attn.proj.bias \(file \(192,\), model \(384,\)\).* and 140 more")
     with pytest.raises(CheckpointError, match=expected):
-        load_encoder(path, key="encoder", model=dict(size="vit_small"))
+        load_encoder(path, key="encoder", model=dict(size="vit_tiny", embed_dim=384, num_heads=6))
 
 
 def small_probe(num_classes=5, lrs=(1e-2, 1e-3), wds=(0.0, 0.5)):
@@ -155,8 +161,11 @@ def test_probe_py_end_to_end_beats_chance(tmp_path):
                      "data.num_workers=0", "data.val_size=256", "print_config=false",
                      f"hydra.run.dir={tmp_path / 'probe'}")
     assert out.returncode == 0, out.stderr[-3000:]
+    shown = out.stdout + out.stderr
+    for noise in ("in eval mode", "Total FLOPs", "Epoch 0/-2", "💡 Tip"):
+        assert noise not in shown, noise
     results = json.loads((tmp_path / "probe" / "results.json").read_text())
-    assert len(results["heads"]) == 20 and results["num_classes"] == 8
+    assert len(results["heads"]) == 6 and results["num_classes"] == 8  # the default grid: 3 lrs x 2 wds
     best = results["best"]
     assert best["top1"] == max(h["top1"] for h in results["heads"])
     assert best["top1"] > 1.5 * results["chance_top1"], best  # 8 directions: chance is 12.5%
@@ -192,7 +201,31 @@ def test_probe_py_multirun_over_checkpoints_and_layouts(tmp_path, train_ckpt):
 def test_probe_yaml_settings_override_the_group_defaults(tmp_path):
     """probe.yaml's own data/trainer values must win over data=synthetic's and trainer=default's."""
     cfg = compose_config(tmp_path, ["ckpt=x.ckpt"], config_name="probe")
-    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches) == (600, 200, 1.0)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches) == (300, 100, 1.0)
     assert (cfg.data.batch_size, cfg.data.val_size) == (32, 512)
+    assert len(cfg.probe.lrs) * len(cfg.probe.weight_decays) == 6
     cfg = compose_config(tmp_path, ["ckpt=x.ckpt", "trainer.max_steps=5", "data.batch_size=4"], config_name="probe")
     assert (cfg.trainer.max_steps, cfg.data.batch_size) == (5, 4)  # the command line still wins
+    cfg = compose_config(tmp_path, ["ckpt=x.ckpt", "probe=thorough"], config_name="probe")
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (600, 200)
+    assert len(cfg.probe.lrs) * len(cfg.probe.weight_decays) == 20 and cfg.probe.encoder_key == "target_encoder"
+    cfg = compose_config(tmp_path, ["ckpt=x.ckpt", "probe=thorough", "trainer.max_steps=7"], config_name="probe")
+    assert cfg.trainer.max_steps == 7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, last_line", [
+    ([], "error: ckpt must be set (it is marked ??? in the config); give it on the command line as ckpt=..."),
+    (["ckpt=OFFICIAL", "model=vit_tiny", "probe.num_heads=5"], "error: probe.num_heads=5 does not divide the encoder width 192."),
+    (["ckpt=OFFICIAL"], "error: checkpoint file 'OFFICIAL' holds a vit_tiny encoder (width 192, depth 12) but "
+                        "model.size=vit_large; add model=vit_tiny."),
+    (["ckpt=OFFICIAL", "model=vit_tiny", "probe.num_probe_blocks=0"],
+     "error: probe.num_probe_blocks=0 is not allowed; allowed values are integers >= 1."),
+])
+def test_probe_py_bad_input_is_one_line_naming_the_key(tmp_path, overrides, last_line):
+    official = official_pt(tmp_path, vit("vit_tiny", img_size=64, num_frames=8))
+    overrides = [o.replace("OFFICIAL", str(official)) for o in overrides]
+    out = run_script("probe.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == last_line.replace("OFFICIAL", str(official))
+    assert not (tmp_path / "run").exists()

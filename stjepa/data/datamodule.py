@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..config import check_ints
+from ..errors import ConfigError
 from .collate import MaskingCollate
 from .manifests import load_manifests, save_label_map
 from .sampler import StreamSampler
@@ -41,10 +43,8 @@ class VideoDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
     ):
         super().__init__()
-        for key, value, low in (("batch_size", batch_size, 1), ("frames_per_clip", frames_per_clip, 1),
-                                ("crop_size", crop_size, 1), ("num_workers", num_workers, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}.")
+        check_ints("data", batch_size=(batch_size, 1), frames_per_clip=(frames_per_clip, 1), crop_size=(crop_size, 1),
+                        num_workers=(num_workers, 0))
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.frames_per_clip = frames_per_clip
@@ -105,7 +105,7 @@ class VideoDataModule(L.LightningDataModule):
         rank, world = self._world()
         per_rank = len(self.train_set) // world
         if per_rank < self.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the {per_rank} training clips each of the "
                 f"{world} devices gets; lower data.batch_size or add data."
             )
@@ -133,9 +133,7 @@ class SyntheticDataModule(VideoDataModule):
                  frame_step: float = 1.0, num_shapes: int = 1, boundary: str = "bounce", colors: str = "random",
                  noise: int = NOISE, frame_hold: int = 1, **common: Any):
         super().__init__(**common)
-        for key, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}.")
+        check_ints("data", train_size=(train_size, 1), val_size=(val_size, 0))
         self.train_size, self.val_size = train_size, val_size
         self.options = dict(label=label, frame_step=frame_step, num_shapes=num_shapes, boundary=boundary,
                             colors=colors, noise=noise, frame_hold=frame_hold)
@@ -188,12 +186,12 @@ class KineticsDataModule(VideoDataModule):
         self.train_manifests = _as_list(train_manifest)
         self.val_manifests = _as_list(val_manifest)
         if not self.train_manifests:
-            raise ValueError("data.train_manifest must name at least one manifest (a path or a list of paths).")
+            raise ConfigError("data.train_manifest must name at least one manifest (a path or a list of paths).")
         if weights is not None and len(weights) != len(self.train_manifests):
-            raise ValueError(f"data.weights has {len(weights)} values for {len(self.train_manifests)} train "
+            raise ConfigError(f"data.weights has {len(weights)} values for {len(self.train_manifests)} train "
                              f"manifests; give one weight per manifest or null.")
         if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-            raise ValueError(f"data.weights={list(weights)} must be non-negative with a positive sum.")
+            raise ConfigError(f"data.weights={list(weights)} must be non-negative with a positive sum.")
         self.weights = None if weights is None else [float(w) for w in weights]
         self.video_root, self.decoder, self.output_dir = video_root, decoder, output_dir
         self.splits = [train_split] * len(self.train_manifests) + [val_split] * len(self.val_manifests)

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 DECODERS = ("decord", "pyav", "torchcodec")
 
 _PACKAGES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec"}
@@ -431,13 +433,13 @@ def open_video(path: str | os.PathLike, decoder: str = "decord", num_threads: in
     is not installed.
     """
     if not isinstance(decoder, str) or decoder not in DECODERS:
-        raise ValueError(f"data.decoder={decoder!r} is not known; allowed values are {', '.join(DECODERS)}.")
+        raise ConfigError(f"data.decoder={decoder!r} is not known; allowed values are {', '.join(DECODERS)}.")
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
         raise ValueError(f"num_threads={num_threads!r} is not allowed; allowed values are integers >= 0 "
                          "(0 lets the decoder choose).")
     if not _importable(decoder):
         package = _PACKAGES[decoder]
-        raise ValueError(f"data.decoder={decoder!r} needs the {package} package, which is not installed "
+        raise ConfigError(f"data.decoder={decoder!r} needs the {package} package, which is not installed "
                          f"(or cannot be imported); install it with `pip install {package}` or choose another "
                          f"of {', '.join(DECODERS)}.")
     path = os.fspath(path)

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import check_ints
+from ..errors import ConfigError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SHAPES = ("circle", "square", "triangle")
@@ -132,7 +134,7 @@ def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str
 
 def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"data.{key}={value!r} is not known; allowed values are {', '.join(allowed)}.")
+        raise ConfigError(f"data.{key}={value!r} is not known; allowed values are {', '.join(allowed)}.")
 
 
 def _reflect(p: Tensor, lo: float, hi: float) -> Tensor:
@@ -255,15 +257,12 @@ class MovingShapesDataset(Dataset):
         noise: int = NOISE,
         frame_hold: int = 1,
     ) -> None:
-        for key, value, low in (("num_samples", num_samples, 1), ("frames_per_clip", frames_per_clip, 1),
-                                ("crop_size", crop_size, 8), ("num_shapes", num_shapes, 1),
-                                ("noise", noise, 0), ("frame_hold", frame_hold, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"data.{key}={value!r} is not allowed; allowed values are integers >= {low}.")
+        check_ints("data", num_samples=(num_samples, 1), frames_per_clip=(frames_per_clip, 1),
+                   crop_size=(crop_size, 8), num_shapes=(num_shapes, 1), noise=(noise, 0), frame_hold=(frame_hold, 1))
         if label not in LABEL_TASKS:
-            raise ValueError(_unknown_task(label))
+            raise ConfigError(_unknown_task(label))
         if not (isinstance(frame_step, (int, float)) and frame_step > 0):
-            raise ValueError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
+            raise ConfigError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
         check_choice("boundary", boundary, BOUNDARIES)
         check_choice("colors", colors, COLOR_MODES)
         self.num_samples = num_samples

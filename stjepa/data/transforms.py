@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -78,7 +80,7 @@ class EvalTransform:
 
     def __init__(self, crop_size: int, views: int = 1, resize_ratio: float = 256 / 224):
         if views not in (1, 3):
-            raise ValueError(f"data.eval_views must be 1 or 3, got {views}.")
+            raise ConfigError(f"data.eval_views must be 1 or 3, got {views}.")
         self.crop_size, self.views, self.short_side = crop_size, views, int(crop_size * resize_ratio)
 
     def __call__(self, clip: Tensor, rng: np.random.Generator | None = None) -> Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import NoUsableVideoError
+from ..errors import ConfigError, NoUsableVideoError
 from .clips import clip_indices, clip_span, frame_step_for
 from .decoding import VideoError, open_video
 from .manifests import VideoSample
@@ -42,7 +42,7 @@ class VideoClipDataset(Dataset):
         max_retries: int = 50,
     ):
         if short_video not in SHORT_VIDEO:
-            raise ValueError(f"data.short_video={short_video!r} is not known; allowed values are pad, skip.")
+            raise ConfigError(f"data.short_video={short_video!r} is not known; allowed values are pad, skip.")
         self.samples = list(samples)
         self.manifests = list(manifests)
         self.transform = transform
@@ -83,10 +83,11 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, key: int) -> dict:
         """``key`` is a sample index, or ``pass * len(self) + index`` from a StreamSampler."""
-        bad = 0
+        bad, tried = 0, set()
         current = key % len(self.samples)
         for attempt in range(self.max_retries + 1):
             sample = self.samples[current]
+            tried.add(current)
             rng = self._rng(key, attempt)
             try:
                 video = self.load(sample, rng)
@@ -95,8 +96,11 @@ class VideoClipDataset(Dataset):
             except (VideoError, OSError, RuntimeError) as exc:  # decoders raise several types
                 bad += 1
                 self._warn_once(sample, exc if isinstance(exc, VideoError) else VideoError(f"video {sample.path!r}: {exc}"))
+                if len(tried) == len(self.samples):
+                    break
                 current = int(rng.integers(len(self.samples)))
-        raise NoUsableVideoError(
-            f"{self.max_retries + 1} videos in a row could not be read from manifest(s) {', '.join(self.manifests)}; "
-            "check the paths, data.video_root and data.decoder."
-        )
+        where = f"manifest(s) {', '.join(self.manifests)}"
+        what = (f"none of the {len(self.samples)} videos of {where} could be read" if len(tried) == len(self.samples)
+                else f"{bad} videos in a row ({len(tried)} different files of {len(self.samples)}) could not be read "
+                     f"from {where}")
+        raise NoUsableVideoError(f"{what}; check the paths, data.video_root and data.decoder.")

@@ -49,6 +49,11 @@ class AreaSplits:
     def num_areas(self) -> int:
         return self.temporal * self.height * self.width
 
+    @property
+    def tag(self) -> str:
+        """e.g. 't2h2w2'."""
+        return f"t{self.temporal}h{self.height}w{self.width}"
+
     def validate(self, grid: tuple[int, int, int] | None = None) -> None:
         for name, value, axis in zip(
             ("temporal_splits", "height_splits", "width_splits"),

@@ -69,10 +69,9 @@ class AttentionConfig:
         """Short name of the layout, e.g. 'full' or 'area-t2h2w2-L0:18' (for run names and tags)."""
         if not self.is_area:
             return "full"
-        s = self.splits
         layers = f"L{','.join(map(str, self.area_layers))}" if self.area_layers is not None else (
             f"L{self.area_start}:{'auto' if self.area_end is None else self.area_end}")
-        return f"area-t{s.temporal}h{s.height}w{s.width}-{layers}"
+        return f"area-{self.splits.tag}-{layers}"
 
     def pattern(self, depth: int) -> tuple[bool, ...]:
         """True for each layer that uses area attention."""

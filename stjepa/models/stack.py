@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .area import AreaLayout, area_index
+from .area import AreaLayout, AreaSplits, area_index
 from .attention_config import AttentionConfig
 from .grid import Grid, gather_tokens, grid_positions
 from .rope import RopeTables
@@ -42,6 +42,20 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:
+    """For tokens at flat grid positions ``ids`` (B, N): the permutation that sorts them by
+    (area, grid position), and each token's area id (in the given order)."""
+    area = area_index(*grid_positions(ids, grid), grid, splits)
+    return (area * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1), area
+
+
+def sorted_area_layout(ids: Tensor, grid: Grid, splits: AreaSplits, backend: str = "auto") -> tuple[Tensor, AreaLayout]:
+    """The area sort of ``ids`` and the layout area layers get once tokens are in that order
+    (what the encoder builds once per forward with ``reorder='once'``)."""
+    order, area = area_order(ids, grid, splits)
+    return order, AreaLayout(area.gather(1, order), splits.num_areas, backend)
+
+
 def run_blocks(
     blocks: Sequence[nn.Module],
     x: Tensor,
@@ -59,20 +73,17 @@ def run_blocks(
     tokens are sorted by (area, grid position) before the first layer and restored after the
     last one, so the output is in the caller's order either way.
     """
-    t, h, w = grid_positions(ids, grid)
     layout, order = None, None
-    if any(pattern) or sort_by_position:
-        numel = grid[0] * grid[1] * grid[2]
-        area = area_index(t, h, w, grid, attention.splits) if any(pattern) else torch.zeros_like(ids)
-        order = (area * numel + ids).argsort(dim=1)
-        per_layer = attention.reorder == "per_layer"
-        if not per_layer:
-            x = gather_tokens(x, order)
-            t, h, w, area = (z.gather(1, order) for z in (t, h, w, area))
-        if any(pattern):
-            layout = AreaLayout(area, attention.splits.num_areas, attention.backend, reorder=order if per_layer else None)
-        if per_layer:
-            order = None
+    if any(pattern) and attention.reorder == "per_layer":  # attention sorts and restores in every layer
+        order, area = area_order(ids, grid, attention.splits)
+        layout, order = AreaLayout(area, attention.splits.num_areas, attention.backend, reorder=order), None
+    elif any(pattern):
+        order, layout = sorted_area_layout(ids, grid, attention.splits, attention.backend)
+    elif sort_by_position:
+        order = ids.argsort(dim=1)
+    if order is not None:
+        x, ids = gather_tokens(x, order), ids.gather(1, order)
+    t, h, w = grid_positions(ids, grid)
     rope = RopeTables.from_positions(t, h, w, head_dim, _compute_dtype(x))
     for blk, is_area in zip(blocks, pattern):
         args = (x, rope, layout if is_area else None)

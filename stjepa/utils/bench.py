@@ -1,0 +1,145 @@
+"""What the benchmark and profiling scripts share: named sizes and layouts, model settings from
+``conf/``, V-JEPA 2 masks, autocast, command-line arguments, CSV and plot output."""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.masks import V_JEPA2_MASKS, MaskCollator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SIZES = {  # name: (crop px, frames, batch), the published ST-A² sweep
+    "256px/16f": (256, 16, 4),
+    "384px/16f": (384, 16, 2),
+    "256px/64f": (256, 64, 1),
+    "384px/64f": (384, 64, 1),
+}
+# name: encoder splits, with the keys of conf/attention/*.yaml. Area layers are [0, 18/24 of the
+# depth), i.e. [0, 18) of ViT-L's 24, global after (area_start 0, area_end null as in full.yaml).
+LAYOUTS = {
+    "full": {"temporal_splits": 1, "height_splits": 1, "width_splits": 1},  # conf/attention/full.yaml
+    "2x2": {"temporal_splits": 1, "height_splits": 2, "width_splits": 2},  # conf/attention/area_2x2.yaml
+    "2x2x2": {"temporal_splits": 2, "height_splits": 2, "width_splits": 2},  # conf/attention/area_2x2x2.yaml
+    "2x2x1": {"temporal_splits": 2, "height_splits": 2, "width_splits": 1},  # t2 h2 w1 (no conf file)
+    "2x1x1": {"temporal_splits": 2, "height_splits": 1, "width_splits": 1},  # conf/attention/area_2x1x1.yaml
+}
+DEFAULT_LAYOUTS = ["full", "2x2x2", "2x2x1"]
+
+
+def size_args(size: str, batch: int | None = None) -> tuple[int, int, int]:
+    """(crop, frames, batch) of a named size or of a custom one written '64px/8f'."""
+    if size in SIZES:
+        crop, frames, default_batch = SIZES[size]
+    else:
+        try:
+            crop_text, frames_text = size.split("/")
+            crop, frames, default_batch = int(crop_text.removesuffix("px")), int(frames_text.removesuffix("f")), 1
+        except ValueError:
+            raise SystemExit(f"size {size!r} is neither one of {', '.join(SIZES)} nor written like '64px/8f'.")
+    return crop, frames, batch or default_batch
+
+
+def attention_settings(layout: str, backend: str = "auto", predictor_area: bool = False) -> dict:
+    """The ``attention`` settings (as in conf/attention/*.yaml) of a named layout; with
+    ``predictor_area`` the predictor gets the same splits (its own [0, 18/24 depth) layers)."""
+    splits = dict(LAYOUTS[layout], area_start=0, area_end=None, backend=backend)
+    return {**splits, "predictor": dict(splits) if predictor_area else {}}
+
+
+def model_settings(size: str = "vit_large", pred_depth: int | None = None, pred_width: int | None = None,
+                   pred_heads: int | None = None, activation_checkpointing: bool = False, **encoder) -> dict:
+    """conf/model/<size>.yaml (predictor depth/width/heads included) with overrides."""
+    cfg = compose_train_config([f"model={size}"]) if (ROOT / "conf" / "model" / f"{size}.yaml").exists() else None
+    model = OmegaConf.to_container(cfg.model, resolve=True) if cfg is not None else {}
+    model.update(size=size, init_from=None, use_activation_checkpointing=activation_checkpointing)
+    for key, value in dict(pred_depth=pred_depth, pred_embed_dim=pred_width, pred_num_heads=pred_heads,
+                           **encoder).items():
+        if value is not None:
+            model[key] = value
+    return model
+
+
+def draw_masks(grid, batch: int, seed: int, device) -> tuple[list, list]:
+    """V-JEPA 2 short_range + long_range masks: (context, target) index lists, one per mask set."""
+    masks_enc, masks_pred = MaskCollator(grid, V_JEPA2_MASKS)(batch, torch.Generator().manual_seed(seed))
+    return [m.to(device) for m in masks_enc], [m.to(device) for m in masks_pred]
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def write_csv(rows: list[dict], path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {path}")
+
+
+def pyplot():
+    """matplotlib's pyplot with the Agg backend, or a one-sentence exit when it is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib, which is not installed: pip install matplotlib.")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vit_large", help="encoder size (conf/model/<size>.yaml)")
+    p.add_argument("--depth", type=int, help="encoder depth override (CPU smoke runs)")
+    p.add_argument("--predictor-depth", type=int)
+    p.add_argument("--predictor-width", type=int)
+    p.add_argument("--predictor-heads", type=int)
+    p.add_argument("--activation-checkpointing", action="store_true")
+
+
+def model_from_args(args) -> dict:
+    return model_settings(args.model, args.predictor_depth, args.predictor_width, args.predictor_heads,
+                          args.activation_checkpointing, depth=args.depth)
+
+
+def add_size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", nargs="+", help=f"named sizes ({', '.join(SIZES)}) or custom ones like 64px/8f")
+    p.add_argument("--crop", type=int, help="custom size: crop in px (with --frames)")
+    p.add_argument("--frames", type=int, help="custom size: frames per clip (with --crop)")
+    p.add_argument("--batch", type=int, help="batch for every size (default: a named size's own, 1 for custom ones)")
+
+
+def sizes_from_args(args, default: list[str]) -> list[str]:
+    sizes = list(args.sizes or [])
+    if args.crop or args.frames:
+        if not (args.crop and args.frames):
+            raise SystemExit("a custom size needs both --crop and --frames.")
+        sizes.append(f"{args.crop}px/{args.frames}f")
+    return sizes or default
+
+
+
+
+def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """train.py's config with ``overrides``, composed as train.py composes it (no run directory)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ..resolvers import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def train_optim() -> dict:
+    """The ``optim`` group of train.py's default config (the one place its defaults live)."""
+    return OmegaConf.to_container(compose_train_config().optim, resolve=True)
