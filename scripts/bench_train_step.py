@@ -48,7 +48,7 @@ from stjepa.models.flops import Flops, train_step_flops
 from stjepa.models.stack import sorted_area_layout
 from stjepa.optim import adamw
 from stjepa.pretrain_module import JEPAPretrainModule
-from stjepa.utils.bench import (DEFAULT_LAYOUTS, LAYOUTS, SIZES, add_model_args, add_size_args, attention_settings,
+from stjepa.utils.bench import (LAYOUTS, SIZES, add_model_args, add_run_args, add_size_args, attention_settings,
                                 autocast, draw_masks, model_from_args, pyplot, size_args, sizes_from_args,
                                 train_optim, write_csv)
 from stjepa.utils.layer_profile import plot_layers, profile_layers
@@ -284,20 +284,14 @@ def plot_speedup(rows: list[dict], out_dir) -> Path:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    add_run_args(p)
     add_model_args(p)
     add_size_args(p)
     p.add_argument("--vjepa2-batch", type=int, default=24, help="batch of the 'vjepa2' size (256px/16f)")
     p.add_argument("--find-max-batch", action="store_true", help="CUDA: largest batch that fits, from the size's batch")
     p.add_argument("--max-batch", type=int, default=1024, help="stop --find-max-batch here")
-    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=DEFAULT_LAYOUTS)
     p.add_argument("--predictor-area", action="store_true", help="area attention in the predictor too")
-    p.add_argument("--backend", default="auto", help="area attention backend (attention.backend)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder, predictor and target encoder")
-    p.add_argument("--warmup", type=int, default=3 if cuda else 1)
-    p.add_argument("--iters", type=int, default=10 if cuda else 3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     p.add_argument("--peak-size", type=int, default=8192 if cuda else 1024, help="matmul size for the peak")
     p.add_argument("--csv", default="bench_train_step.csv")
     p.add_argument("--profile", action="store_true", help="also time attention vs MLP per encoder layer")

@@ -105,10 +105,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)
     check_machine(cfg.trainer)
     ckpt_path = find_resume_checkpoint(cfg)
-    max_steps = cfg.trainer.get("max_steps", -1)
-    if ckpt_path and max_steps > 0 and completed_step(ckpt_path) >= max_steps:
-        raise RunComplete(f"the run is complete: {ckpt_path} is at step {completed_step(ckpt_path)} and "
-                          f"trainer.max_steps={max_steps}; raise trainer.max_steps to train on.")
+    max_steps, done = cfg.trainer.get("max_steps", -1), completed_step(ckpt_path) if ckpt_path else 0
+    if 0 < max_steps <= done:
+        raise RunComplete(f"the run is complete: {ckpt_path} is at step {done} and trainer.max_steps={max_steps}; "
+                          f"raise trainer.max_steps to train on.")
     if cfg.get("print_config", True) and is_launching_process():
         print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
     L.seed_everything(cfg.seed, workers=True, verbose=False)

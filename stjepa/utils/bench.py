@@ -109,6 +109,18 @@ def model_from_args(args) -> dict:
                           args.activation_checkpointing, depth=args.depth)
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Device, layouts, backend and timing arguments of the step and layer benchmarks."""
+    cuda = torch.cuda.is_available()
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=DEFAULT_LAYOUTS)
+    p.add_argument("--backend", default="auto", help="area attention backend (attention.backend)")
+    p.add_argument("--warmup", type=int, default=3 if cuda else 1)
+    p.add_argument("--iters", type=int, default=10 if cuda else 3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
+
+
 def add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", help=f"named sizes ({', '.join(SIZES)}) or custom ones like 64px/8f")
     p.add_argument("--crop", type=int, help="custom size: crop in px (with --frames)")
