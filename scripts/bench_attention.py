@@ -1,12 +1,14 @@
-"""Forward+backward time of the attention core and of one encoder layer, full vs area attention.
+"""Forward+backward time of the attention core and of one encoder layer, full vs local attention
+(area layouts and neighborhood windows), each with every backend that applies.
 
 Token counts follow the published ST-A² sweep (25% of the tokens of 256px/16f, 384px/16f,
 256px/64f and 384px/64f visible) plus the unmasked 384px/64f grid; ViT-L heads (16 x 64).
-bf16 on CUDA, fp32 on CPU. Ratios are area time / full time measured in the same run.
+bf16 on CUDA, fp32 on CPU. Tokens are ordered as the encoder runs them (area-sorted, or grid
+order for windows). Ratios are local time / full time measured in the same run.
 
 Masks: ``random`` keeps a uniform 25% of tokens per clip (areas come out unequal, as with
-V-JEPA masks: the varlen/padded paths); ``balanced`` keeps the same number of tokens in every
-area (the equal-area fast path).
+V-JEPA masks: the varlen/padded paths); ``balanced`` (area layouts only) keeps the same number
+of tokens in every area (the equal-area fast path).
 
     python scripts/bench_attention.py                       # all sizes that suit the device
     python scripts/bench_attention.py --sizes 256px/16f --iters 5 --csv out.csv
@@ -18,11 +20,11 @@ import csv
 
 import torch
 
-from stjepa.models.area import AreaSplits, area_index, attend
+from stjepa.models import AttentionConfig
+from stjepa.models.area import area_index, attend
 from stjepa.models.grid import grid_positions
 from stjepa.models.layers import Block
 from stjepa.models.rope import RopeTables
-from stjepa.models.stack import sorted_area_layout
 from stjepa.utils.bench import write_csv
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
@@ -33,19 +35,32 @@ GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
     "384px/64f": ((32, 24, 24), 0.25),
     "384px/64f-full": ((32, 24, 24), 1.0),
 }
-LAYOUTS = {"full": None, "2x2": AreaSplits(1, 2, 2), "2x2x2": AreaSplits(2, 2, 2), "4x2x2": AreaSplits(4, 2, 2)}
+# name: attention settings (as in conf/attention/*.yaml); None is global attention
+LAYOUTS = {
+    "full": None,
+    "2x2": dict(height_splits=2, width_splits=2),
+    "2x2x2": dict(temporal_splits=2, height_splits=2, width_splits=2),
+    "4x2x2": dict(temporal_splits=4, height_splits=2, width_splits=2),
+    "nbhd3x5x5": dict(kind="neighborhood", window=[3, 5, 5]),
+    "nbhd3x7x7": dict(kind="neighborhood", window=[3, 7, 7]),
+}
 HEADS, HEAD_DIM = 16, 64
 
 
-def visible_ids(grid, fraction, batch, splits, mode, seed=0):
-    """(B, K) visible token ids: uniform random, or the same count in every area."""
+def layout_config(name: str, backend: str = "auto") -> AttentionConfig | None:
+    return None if LAYOUTS[name] is None else AttentionConfig.create({**LAYOUTS[name], "backend": backend})
+
+
+def visible_ids(grid, fraction, batch, config, mode, seed=0):
+    """(B, K) visible token ids: uniform random, or (area layouts) the same count in every area."""
     g = torch.Generator().manual_seed(seed)
     numel = grid[0] * grid[1] * grid[2]
     keep = int(numel * fraction)
     if fraction >= 1.0:
         return torch.arange(numel).expand(batch, numel).clone()
-    if mode == "random" or splits is None:
+    if mode == "random" or config is None or config.kind != "area":
         return torch.stack([torch.randperm(numel, generator=g)[:keep].sort().values for _ in range(batch)])
+    splits = config.splits
     area = area_index(*grid_positions(torch.arange(numel), grid), grid, splits)
     per_area = keep // splits.num_areas
     rows = []
@@ -55,25 +70,27 @@ def visible_ids(grid, fraction, batch, splits, mode, seed=0):
     return torch.stack(rows)
 
 
-def build_layout(ids, grid, splits, backend, device):
-    """Sort tokens by area (as the encoder does once per forward) and build the layout."""
-    if splits is None:
+def build_layout(ids, grid, config, backend):
+    """Order the tokens and build the layout as the encoder does once per forward."""
+    if config is None:
         return None, ids, grid_positions(ids, grid)
-    order, layout = sorted_area_layout(ids, grid, splits, backend)
-    ids = ids.gather(1, order)
+    order, layout = config.local_kind.prepare(ids, grid, backend)
+    ids = ids if order is None else ids.gather(1, order)
     return layout, ids, grid_positions(ids, grid)
 
 
-def backends_for(device, tokens, layout_name, mask_mode):
-    if layout_name == "full":
+def backends_for(device, tokens, config, mask_mode):
+    """The backends worth timing: CUDA-only ones on CUDA (flex has no CPU backward), the dense
+    reference while its N x N mask is small, 'equal' on balanced areas."""
+    if config is None:
         return ["-"]
-    names = ["auto", "padded"]
-    if device.type == "cuda":
-        names += ["varlen", "flex"]
-    if tokens <= 8192:
-        names.append("dense")
-    if mask_mode == "balanced":
-        names.append("equal")
+    names = []
+    for name in config.local_kind.BACKENDS:
+        if (name in ("varlen", "flex") and device.type != "cuda") or (name == "dense" and tokens > 8192):
+            continue
+        if name == "equal" and mask_mode != "balanced":
+            continue
+        names.append(name)
     return names
 
 
@@ -89,17 +106,21 @@ def run(args):
                 continue  # the full grid is balanced already
             full_time: dict[str, float] = {}
             for layout_name in args.layouts:
-                splits = LAYOUTS[layout_name]
-                ids = visible_ids(grid, fraction, args.batch, splits, mask_mode).to(device)
+                config = layout_config(layout_name)
+                if mask_mode == "balanced" and config is not None and config.kind != "area":
+                    continue  # balanced is about areas
+                ids = visible_ids(grid, fraction, args.batch, config, mask_mode).to(device)
                 N = ids.shape[1]
-                for backend in backends_for(device, N, layout_name, mask_mode):
+                for backend in backends_for(device, N, config, mask_mode):
+                    requested = backend if backend != "-" else "auto"
                     try:
-                        layout, _, pos = build_layout(ids, grid, splits, backend if backend != "-" else "auto", device)
-                    except ValueError as exc:  # e.g. 'equal' on unequal areas
+                        config.validate(1, grid) if config is not None else None
+                        layout, _, pos = build_layout(ids, grid, config, requested)
+                    except ValueError as exc:  # e.g. 'equal' on unequal areas, a window larger than the grid
                         print(f"skip {size} {layout_name} {backend}: {exc}")
                         continue
-                    build = time_ms(lambda: build_layout(ids, grid, splits, backend if backend != "-" else "auto", device),
-                                    device, warmup=1, iters=3)["median_ms"] if layout is not None else 0.0
+                    build = time_ms(lambda: build_layout(ids, grid, config, requested), device, warmup=1,
+                                    iters=3)["median_ms"] if layout is not None else 0.0
                     rope = RopeTables.from_positions(*pos, HEAD_DIM, dtype)
                     for part in args.parts:
                         fn = make_step(part, args.batch, N, layout, rope, device, dtype)
@@ -111,7 +132,7 @@ def run(args):
                         row = dict(
                             device=describe_device(device), dtype=str(dtype).replace("torch.", ""), commit=commit,
                             size=size, tokens=N, batch=args.batch, mask=mask_mode, layout=layout_name,
-                            areas=splits.num_areas if splits else 1,
+                            kind=config.kind if config is not None else "full",
                             backend=layout.backend if layout is not None else "sdpa",
                             requested=backend, part=part, median_ms=round(t["median_ms"], 4),
                             min_ms=round(t["min_ms"], 4), layout_build_ms=round(build, 4),
@@ -156,8 +177,8 @@ def markdown(rows) -> str:
     """The CSV rows as one table per part: ms (ratio to full) per size, layout and backend."""
     out = []
     for part in dict.fromkeys(r["part"] for r in rows):
-        out += [f"**{part}** (forward + backward, median ms; area/full: the ratio to full attention measured in the same run)", "",
-                "| size | tokens | mask | full | layout | backend | ms | area/full |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"**{part}** (forward + backward, median ms; local/full: the ratio to full attention measured in the same run)", "",
+                "| size | tokens | mask | full | layout | backend | ms | local/full |", "|---|---|---|---|---|---|---|---|"]
         full = {(r["size"], r["mask"]): r for r in rows if r["part"] == part and r["layout"] == "full"}
         for r in rows:
             if r["part"] != part or r["layout"] == "full":

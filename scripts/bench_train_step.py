@@ -45,7 +45,6 @@ import torch
 
 from stjepa.models import AttentionConfig
 from stjepa.models.flops import Flops, train_step_flops
-from stjepa.models.stack import sorted_area_layout
 from stjepa.optim import adamw
 from stjepa.pretrain_module import JEPAPretrainModule
 from stjepa.utils.bench import (LAYOUTS, SIZES, add_model_args, add_run_args, add_size_args, attention_settings,
@@ -150,9 +149,9 @@ def find_max_batch(fits_fn, start: int, cap: int) -> int | None:
 def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
     """The area backend each mask set's forward uses ('auto' resolves per forward), or 'sdpa'."""
     config = encoder.attention
-    if not config.is_area:
+    if not config.is_local:
         return "sdpa"
-    names = [sorted_area_layout(m, encoder.default_grid, config.splits, config.backend)[1].backend for m in masks]
+    names = [config.local_kind.prepare(m, encoder.default_grid, config.backend)[1].backend for m in masks]
     return "/".join(dict.fromkeys(names))
 
 

@@ -28,7 +28,7 @@ def sweep_group(cfg: DictConfig) -> str | None:
 def layout_tags(cfg: DictConfig) -> list[str]:
     enc, pred = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
     tags = [f"attn:{AttentionConfig.create(enc).tag}", f"model:{cfg.model.size}"]
-    if AttentionConfig.create(pred).is_area:
+    if AttentionConfig.create(pred).is_local:
         tags.append(f"pred-attn:{AttentionConfig.create(pred).tag}")
     return tags
 

@@ -14,10 +14,14 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
 from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
+from .models.area import AreaKind
+from .models.attention_config import KINDS
 
 T = TypeVar("T")
 
-ATTENTION_FIELDS = frozenset(f.name for f in fields(AttentionConfig))
+# the attention group's keys: AttentionConfig's fields and the settings of every kind of local attention
+ATTENTION_FIELDS = frozenset(f.name for f in fields(AttentionConfig)) | frozenset(
+    name for kind in KINDS.values() if kind is not AreaKind for name in inspect.signature(kind).parameters)
 ENCODER_ARGS = frozenset(inspect.signature(VisionTransformer).parameters) | {"size"}
 # model-group key -> predictor argument (the predictor's own width and depth carry a pred_ prefix)
 PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim", "pred_num_heads": "num_heads",

@@ -37,3 +37,19 @@ def test_bf16_area_encoder_close_to_fp32_dense():
     want = ref(x, masks)
     assert (out.float() - want).abs().mean() < 3e-2
     assert fast(x).shape == (2, 256, 384)  # the unmasked grid takes the equal-area path
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_cuda_neighborhood_flex_matches_the_dense_reference_with_gradients(dtype, tol):
+    from stjepa.models.kinds.neighborhood import NeighborhoodKind
+
+    grid, kind = (4, 8, 8), NeighborhoodKind([3, 5, 5], [1, 1, 1])
+    ids = torch.stack([torch.randperm(256)[:150].sort().values for _ in range(2)]).cuda()
+    order, flex = kind.prepare(ids, grid, "flex")
+    _, dense = kind.prepare(ids, grid, "dense")
+    q, k, v = (torch.randn(2, 4, 150, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    out, ref = flex.attend(q, k, v), dense.attend(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out.float(), (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(got.float(), want.float(), atol=2 * tol, rtol=2 * tol)

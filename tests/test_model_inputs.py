@@ -24,7 +24,7 @@ def tiny(**kw):
         (dict(spatial_splits=2, area_end=9), r"^area_start=0 / area_end=9 do not fit a depth of 4"),
         (dict(spatial_splits=2, area_start=2, area_end=2), r"need 0 <= area_start < area_end <= 4"),
         (dict(area_layers=[0, 7]), r"^area_layers=\[0, 7\] does not fit a depth of 4"),
-        (dict(spatial_split=2), r"^spatial_split=2 is not an attention setting"),
+        (dict(spatial_split=2), r"^spatial_split=2 is not an area attention setting"),
     ],
 )
 def test_bad_attention_settings_name_the_constructor_argument(attention, message):

@@ -37,6 +37,9 @@ def test_train_ckpt_loads_with_its_layout_or_an_override(train_ckpt):
     online = load_encoder(train_ckpt, key="encoder", attention=dict(spatial_splits=1))
     assert not any(online.attention_pattern)
     assert torch.equal(online.norm.weight, state["encoder.norm.weight"])
+    # any kind of local attention (probe.py ... attention=nbhd_3x3x3)
+    local = load_encoder(train_ckpt, attention=dict(kind="neighborhood", window=[3, 3, 3], dilation=None))
+    assert local.attention.tag == "nbhd3x3x3-L0:auto" and any(local.attention_pattern)
 
 
 def test_probing_a_never_updated_target_encoder_warns(tmp_path, train_ckpt):

@@ -9,7 +9,7 @@ from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, 
 from wandb_records import summarize
 
 
-@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2"])
+@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2", "nbhd_3x3x3"])
 def test_train_few_steps_writes_checkpoints(tmp_path, attention):
     metrics = run_train(tmp_path, f"attention={attention}")
     assert metrics["global_step"] == 4
@@ -159,6 +159,15 @@ BAD_CONFIGS = [
     (["seed=abc"], "seed='abc' is not allowed; allowed values are integers >= 0."),
     (["callbacks.nonfinite_guard.action=ignore"], "callbacks.nonfinite_guard.action='ignore' is not known"),
     (["data=kinetics"], "data.train_manifest must be set (it is marked ??? in the config)"),
+    (["attention=nbhd_3x7x7"], "attention.window=[3, 7, 7] with attention.dilation=[1, 1, 1] does not fit the 4 cells "
+                               "of the h axis"),
+    (["attention=nbhd_3x3x3", "attention.window=[3,4,3]"], "attention.window=[3, 4, 3] needs odd sizes"),
+    (["attention=nbhd_3x3x3", "attention.temporal_splits=2"],
+     "attention.temporal_splits=2 is an area attention setting, which attention.kind='neighborhood' does not use."),
+    (["attention=nbhd_3x3x3", "attention.backend=varlen"], "attention.backend='varlen' is not known; allowed values "
+                                                           "are auto, dense, flex."),
+    (["attention.predictor.kind=neighborhood", "+attention.predictor.window=[3,5,3]"],
+     "attention.predictor.window=[3, 5, 3] with attention.predictor.dilation=[1, 1, 1] does not fit"),
 ]
 
 

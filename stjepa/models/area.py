@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .arguments import ArgumentError, positive_int
+from .grid import Grid, grid_positions
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
 
@@ -83,7 +84,7 @@ def _varlen_attn():
     return varlen_attn
 
 
-def _flex_attention(device: torch.device):
+def flex_attention_for(device: torch.device):
     from torch.nn.attention.flex_attention import flex_attention
 
     if device.type == "cuda":  # eager flex is the slow reference path; compile for the kernel
@@ -212,12 +213,12 @@ def _equal(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out.reshape(B, A, Hh, N // A, D).transpose(1, 2).reshape(B, Hh, N, D)
 
 
-def _flatten_tokens(x: Tensor) -> Tensor:
+def flatten_tokens(x: Tensor) -> Tensor:
     B, Hh, N, D = x.shape
     return x.transpose(1, 2).reshape(B * N, Hh, D)
 
 
-def _unflatten_tokens(x: Tensor, B: int) -> Tensor:
+def unflatten_tokens(x: Tensor, B: int) -> Tensor:
     return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
 
 
@@ -227,33 +228,81 @@ def _padded(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     width = layout.max_area
 
     def pack(x: Tensor) -> Tensor:
-        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, _flatten_tokens(x))
+        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, flatten_tokens(x))
         return flat.view(segments, width, Hh, D).transpose(1, 2)
 
     out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=key_valid)
     out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, index)
-    return _unflatten_tokens(out, B)
+    return unflatten_tokens(out, B)
 
 
 def _varlen(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     cu, width = layout._cu_seqlens, layout.max_area
-    out = _varlen_attn()(_flatten_tokens(q), _flatten_tokens(k), _flatten_tokens(v), cu, cu, width, width)
-    return _unflatten_tokens(out, q.shape[0])
+    out = _varlen_attn()(flatten_tokens(q), flatten_tokens(k), flatten_tokens(v), cu, cu, width, width)
+    return unflatten_tokens(out, q.shape[0])
 
 
 def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     def flat(x: Tensor) -> Tensor:
-        return _flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
+        return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
 
-    out = _flex_attention(q.device)(flat(q), flat(k), flat(v), block_mask=layout._flex_block_mask)
-    return _unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+    out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=layout._flex_block_mask)
+    return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
 
 
 _BACKEND_FNS = {"dense": _dense, "equal": _equal, "padded": _padded, "varlen": _varlen, "flex": _flex}
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, layout: AreaLayout | None = None) -> Tensor:
-    """The one attention interface: global SDPA without a layout, area attention with one."""
+def attend(q: Tensor, k: Tensor, v: Tensor, layout=None) -> Tensor:
+    """The one attention interface: global SDPA without a layout, the layout's local attention
+    (area, neighborhood, ...: any object with ``attend(q, k, v)``) with one."""
     if layout is None:
         return F.scaled_dot_product_attention(q, k, v)
     return layout.attend(q, k, v)
+
+
+def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:
+    """For tokens at flat grid positions ``ids`` (B, N): the permutation that sorts them by
+    (area, grid position), and each token's area id (in the given order)."""
+    area = area_index(*grid_positions(ids, grid), grid, splits)
+    return (area * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1), area
+
+
+def sorted_area_layout(ids: Tensor, grid: Grid, splits: AreaSplits, backend: str = "auto") -> tuple[Tensor, AreaLayout]:
+    """The area sort of ``ids`` and the layout area layers get once tokens are in that order
+    (what the encoder builds once per forward with ``reorder='once'``)."""
+    order, area = area_order(ids, grid, splits)
+    return order, AreaLayout(area.gather(1, order), splits.num_areas, backend)
+
+
+class AreaKind:
+    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`)."""
+
+    name = "area"
+    BACKENDS = BACKENDS
+
+    def __init__(self, splits: AreaSplits, reorder: str = "once"):
+        self.splits, self.reorder = splits, reorder
+
+    @property
+    def tag(self) -> str:
+        return f"area-{self.splits.tag}"
+
+    def validate(self, grid: tuple[int, int, int]) -> None:
+        self.splits.validate(grid)
+
+    def prepare(self, ids: Tensor, grid: tuple[int, int, int], backend: str = "auto") -> tuple[Tensor | None, AreaLayout]:
+        if self.reorder == "per_layer":  # attention sorts and restores in every layer, as the published code
+            order, area = area_order(ids, grid, self.splits)
+            return None, AreaLayout(area, self.splits.num_areas, backend, reorder=order)
+        return sorted_area_layout(ids, grid, self.splits, backend)
+
+    def mask(self, ids: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        area = area_index(*grid_positions(ids, grid), grid, self.splits)
+        return area[:, :, None] == area[:, None, :]
+
+    def pairs(self, ids: Tensor, grid: tuple[int, int, int]) -> int:
+        area = area_index(*grid_positions(ids, grid), grid, self.splits).cpu()
+        counts = torch.zeros(ids.shape[0], self.splits.num_areas, dtype=torch.long)
+        counts.scatter_add_(1, area, torch.ones_like(area))
+        return int((counts ** 2).sum())

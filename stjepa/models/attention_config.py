@@ -1,32 +1,39 @@
-"""Which layers use area attention, with which splits and backend."""
+"""Which layers use local attention, of which kind, with which settings and backend."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
-from .area import BACKENDS, AreaSplits
+from .area import AreaKind, AreaSplits
 from .arguments import ArgumentError, one_of, positive_int
+from .kinds import find_kinds
 
 REORDERS = ("once", "per_layer")
 DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT-L, the rest global
+KINDS = {"area": AreaKind, **find_kinds()}
+AREA_SETTINGS = ("temporal_splits", "height_splits", "width_splits", "spatial_splits", "reorder")
 
 
 @dataclass
 class AttentionConfig:
     """Attention layout of one transformer (encoder or predictor).
 
-    With more than one area (any split > 1), layers ``[area_start, area_end)`` use area
-    attention (``area_end`` defaults to 18/24 of the depth), or exactly ``area_layers`` when
-    that list is given; all other layers are global. With one area every layer is global
-    (one area is the same function as full attention).
+    ``kind`` names the local attention (``area``, or a module of :mod:`stjepa.models.kinds`,
+    e.g. ``neighborhood``); its own settings (``window``, ``dilation``, ...) go in
+    ``options``. Layers ``[area_start, area_end)`` use it (``area_end`` defaults to 18/24 of the
+    depth), or exactly ``area_layers`` when that list is given; all other layers are global.
 
-    ``height_splits`` / ``width_splits`` of None mean 1; ``spatial_splits`` is shorthand for
-    both, and giving it together with a different height or width split is refused rather
-    than letting one silently win. ``reorder='once'`` sorts tokens by area once per forward;
-    ``'per_layer'`` sorts inside every area layer as the published ST-A² code did.
-    Errors are :class:`~stjepa.models.arguments.ArgumentError` naming these fields.
+    Area settings: with one area (every split 1) every layer is global (one area is the same
+    function as full attention). ``height_splits`` / ``width_splits`` of None mean 1;
+    ``spatial_splits`` is shorthand for both, and giving it together with a different height or
+    width split is refused rather than letting one silently win. ``reorder='once'`` sorts
+    tokens by area once per forward; ``'per_layer'`` sorts inside every area layer as the
+    published ST-A² code did. Errors are :class:`~stjepa.models.arguments.ArgumentError`
+    naming these fields.
     """
 
+    kind: str = "area"
     temporal_splits: int = 1
     height_splits: int | None = None
     width_splits: int | None = None
@@ -36,6 +43,7 @@ class AttentionConfig:
     area_layers: Sequence[int] | None = None
     backend: str = "auto"
     reorder: str = "once"
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, value: "AttentionConfig | Mapping[str, Any] | None") -> "AttentionConfig":
@@ -43,15 +51,19 @@ class AttentionConfig:
             return cls()
         if isinstance(value, AttentionConfig):
             return value
-        known = [f.name for f in fields(cls)]
+        known = [f.name for f in fields(cls) if f.name != "options"]
         kwargs = dict(value)
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise ArgumentError(f"{{{unknown[0]}}} is not an attention setting; known settings are "
-                                f"{', '.join(known)}.", **{unknown[0]: kwargs[unknown[0]]})
+        kind = one_of(kwargs.get("kind", "area"), "kind", KINDS)
+        # settings of other kinds: null ones are simply not in use; others are the kind's options
+        extra = {k: kwargs.pop(k) for k in sorted(set(kwargs) - set(known))}
+        options = {k: v for k, v in extra.items() if v is not None}
+        if kind == "area" and options:
+            name = next(iter(options))
+            raise ArgumentError(f"{{{name}}} is not an area attention setting; known settings are "
+                                f"{', '.join(known)}.", **{name: options[name]})
         if kwargs.get("area_layers") is not None:
             kwargs["area_layers"] = [int(i) for i in kwargs["area_layers"]]
-        return cls(**kwargs)
+        return cls(**kwargs, options=options)
 
     @property
     def splits(self) -> AreaSplits:
@@ -60,23 +72,39 @@ class AttentionConfig:
             h = w = self.spatial_splits
         return AreaSplits(self.temporal_splits, 1 if h is None else h, 1 if w is None else w)
 
+    @cached_property
+    def local_kind(self):
+        """The kind object: ``prepare``, ``mask``, ``pairs``, ``validate`` (see stjepa.models.kinds)."""
+        if self.kind == "area":
+            return AreaKind(self.splits, self.reorder)
+        try:
+            return KINDS[self.kind](**self.options)
+        except TypeError as exc:  # a setting the kind does not take
+            raise ArgumentError(f"{{kind}} does not take these settings ({exc}).", kind=self.kind) from None
+
     @property
-    def is_area(self) -> bool:
-        return self.splits.num_areas > 1
+    def is_local(self) -> bool:
+        """Whether any layer can differ from global attention (an area layout needs two areas)."""
+        return self.kind != "area" or self.splits.num_areas > 1
 
     @property
     def tag(self) -> str:
         """Short name of the layout, e.g. 'full' or 'area-t2h2w2-L0:18' (for run names and tags)."""
-        if not self.is_area:
+        if not self.is_local:
             return "full"
         layers = f"L{','.join(map(str, self.area_layers))}" if self.area_layers is not None else (
             f"L{self.area_start}:{'auto' if self.area_end is None else self.area_end}")
-        return f"area-{self.splits.tag}-{layers}"
+        return f"{self.local_kind.tag}-{layers}"
+
+    def validate_grid(self, grid: tuple[int, int, int]) -> None:
+        """Refuse an input grid the local attention does not fit (checked at every forward)."""
+        if self.is_local:
+            self.local_kind.validate(grid)
 
     def pattern(self, depth: int) -> tuple[bool, ...]:
-        """True for each layer that uses area attention."""
+        """True for each layer that uses local attention."""
         self.validate(depth)
-        if not self.is_area:
+        if not self.is_local:
             return (False,) * depth
         if self.area_layers is not None:
             chosen = set(self.area_layers)
@@ -91,10 +119,17 @@ class AttentionConfig:
 
     def validate(self, depth: int, grid: tuple[int, int, int] | None = None) -> None:
         """Raise ArgumentError naming the first bad field."""
-        one_of(self.backend, "backend", BACKENDS)
         one_of(self.reorder, "reorder", REORDERS)
+        if self.kind != "area":
+            used = [n for n in AREA_SETTINGS if getattr(self, n) != AttentionConfig.__dataclass_fields__[n].default]
+            if used:
+                raise ArgumentError(f"{{{used[0]}}} is an area attention setting, which {{kind}} does not use.",
+                                    **{used[0]: getattr(self, used[0])}, kind=self.kind)
+        one_of(self.backend, "backend", self.local_kind.BACKENDS)
         self._validate_spatial(grid)
         self.splits.validate(grid)
+        if grid is not None and self.is_local:
+            self.local_kind.validate(grid)
         if self.area_layers is not None:
             bad = [i for i in self.area_layers if not 0 <= i < depth]
             if bad or not self.area_layers:

@@ -2,9 +2,9 @@
 
 Linear parts (patch embedding, qkv/proj, MLP, predictor embed/proj) scale with the number of
 tokens; the attention core (QK^T and AV, 4 * width FLOPs per query-key pair) scales with the
-number of pairs, which is what area attention cuts. A training step costs about 3x the
-forward of the modules that get gradients (forward + 2x backward) plus the target encoder's
-forward.
+number of pairs, which is what local attention (area, neighborhood, ...) cuts. A training
+step costs about 3x the forward of the modules that get gradients (forward + 2x backward)
+plus the target encoder's forward.
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .area import area_index
 from .predictor import VisionTransformerPredictor
-from .grid import Grid, grid_positions, token_grid
+from .grid import Grid, token_grid
 from .vision_transformer import VisionTransformer
 
 
@@ -45,18 +44,15 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def area_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> int:
-    """Query-key pairs per head over the batch when tokens at ``ids`` (B, N) use area attention."""
-    splits = model.attention.splits
-    area = area_index(*grid_positions(ids, grid), grid, splits)
-    counts = torch.zeros(ids.shape[0], splits.num_areas, dtype=torch.long)
-    counts.scatter_add_(1, area.cpu(), torch.ones_like(area.cpu()))
-    return int((counts**2).sum())
+def local_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> int:
+    """Query-key pairs per head over the batch when tokens at ``ids`` (B, N) use the model's
+    local attention (area, neighborhood, ...)."""
+    return model.attention.local_kind.pairs(ids.cpu(), grid)
 
 
-def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int, area: int) -> Flops:
+def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int, local: int) -> Flops:
     linear = 2.0 * tokens * sum(_linear_macs(b) for b in blocks)
-    attention = sum(4.0 * width * (area if is_area else full) for is_area in pattern)
+    attention = sum(4.0 * width * (local if is_local else full) for is_local in pattern)
     return Flops(linear, attention, 4.0 * width * full * len(pattern))
 
 
@@ -78,9 +74,9 @@ def encoder_flops(
         ids = torch.arange(n).expand(batch, n)
     n_visible = ids.shape[1]
     full = batch * n_visible**2
-    area = area_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else full
+    local = local_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else full
     tokens = batch * n_visible
-    blocks = _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, area)
+    blocks = _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, local)
     return patch_embed_flops(encoder, batch, grid) + blocks if embed else blocks
 
 
@@ -91,10 +87,10 @@ def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, mask
     n = ids.shape[1]
     width = predictor.predictor_embed.out_features
     full = batch * n**2
-    area = area_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else full
+    local = local_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else full
     io = 2.0 * (batch * masks_x.shape[1] * _linear_macs(predictor.predictor_embed)
                 + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
-    blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, area)
+    blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, local)
     return Flops(linear=io) + blocks
 
 

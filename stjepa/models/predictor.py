@@ -91,7 +91,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         index for all sets (what V-JEPA 2 training does) or one per set.
         """
         grid = grid or self.default_grid
-        self.attention.splits.validate(grid)
+        self.attention.validate_grid(grid)
         if isinstance(x, (list, tuple)):
             check_indices([*masks_x, *masks_y], grid, "context or target mask")
             indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)

@@ -13,7 +13,6 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .area import AreaLayout, AreaSplits, area_index
 from .attention_config import AttentionConfig
 from .grid import Grid, gather_tokens, grid_positions
 from .rope import RopeTables
@@ -42,20 +41,6 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:
-    """For tokens at flat grid positions ``ids`` (B, N): the permutation that sorts them by
-    (area, grid position), and each token's area id (in the given order)."""
-    area = area_index(*grid_positions(ids, grid), grid, splits)
-    return (area * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1), area
-
-
-def sorted_area_layout(ids: Tensor, grid: Grid, splits: AreaSplits, backend: str = "auto") -> tuple[Tensor, AreaLayout]:
-    """The area sort of ``ids`` and the layout area layers get once tokens are in that order
-    (what the encoder builds once per forward with ``reorder='once'``)."""
-    order, area = area_order(ids, grid, splits)
-    return order, AreaLayout(area.gather(1, order), splits.num_areas, backend)
-
-
 def run_blocks(
     blocks: Sequence[nn.Module],
     x: Tensor,
@@ -69,24 +54,21 @@ def run_blocks(
 ) -> Tensor:
     """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N).
 
-    Layers flagged in ``pattern`` use area attention. With ``attention.reorder='once'`` the
-    tokens are sorted by (area, grid position) before the first layer and restored after the
-    last one, so the output is in the caller's order either way.
+    Layers flagged in ``pattern`` use the layout's local attention (area, neighborhood, ...);
+    the others are global. The kind may reorder the tokens once per forward (area attention
+    sorts by area, then grid position); the output is in the caller's order either way.
     """
     layout, order = None, None
-    if any(pattern) and attention.reorder == "per_layer":  # attention sorts and restores in every layer
-        order, area = area_order(ids, grid, attention.splits)
-        layout, order = AreaLayout(area, attention.splits.num_areas, attention.backend, reorder=order), None
-    elif any(pattern):
-        order, layout = sorted_area_layout(ids, grid, attention.splits, attention.backend)
+    if any(pattern):  # the kind of local attention orders the tokens and builds what its layers need
+        order, layout = attention.local_kind.prepare(ids, grid, attention.backend)
     elif sort_by_position:
         order = ids.argsort(dim=1)
     if order is not None:
         x, ids = gather_tokens(x, order), ids.gather(1, order)
     t, h, w = grid_positions(ids, grid)
     rope = RopeTables.from_positions(t, h, w, head_dim, _compute_dtype(x))
-    for blk, is_area in zip(blocks, pattern):
-        args = (x, rope, layout if is_area else None)
+    for blk, is_local in zip(blocks, pattern):
+        args = (x, rope, layout if is_local else None)
         if activation_checkpointing and torch.is_grad_enabled():
             x = checkpoint(blk, *args, use_reentrant=False)
         else:

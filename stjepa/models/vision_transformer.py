@@ -142,7 +142,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
 
     def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid) -> Tensor:
         """Blocks + final norm on already-embedded tokens at flat grid positions ``ids``."""
-        self.attention.splits.validate(grid)
+        self.attention.validate_grid(grid)
         x = run_blocks(
             self.blocks,
             tokens,

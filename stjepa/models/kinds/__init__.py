@@ -1,0 +1,30 @@
+"""Kinds of local attention besides area attention (:mod:`stjepa.models.area`), one module each.
+
+A kind module defines ``KIND``: a class built from its settings (keyword arguments named as
+the config keys) with
+
+- ``validate(grid)``: refuse settings that do not fit the (T', H', W') token grid, raising
+  :class:`~stjepa.models.arguments.ArgumentError` in the kind's own argument names;
+- ``prepare(ids, grid, backend)``: once per forward, from the flat grid positions ``ids``
+  (B, N) of the tokens present, ``(order, layout)``: the token order the layers run in (None:
+  the caller's) and the layout each local layer hands to ``layout.attend(q, k, v)``;
+- ``mask(ids, grid)``: the dense reference, a (B, N, N) boolean "query may see key";
+- ``pairs(ids, grid)``: query-key pairs per head over the batch (for the FLOP counter);
+- ``tag``: a short name for run names; ``BACKENDS``: what ``backend`` may be.
+
+Modules here are found by name: adding a kind is a new module plus a preset in conf/attention/.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def find_kinds() -> dict[str, type]:
+    """name -> KIND class of every module in this package."""
+    kinds = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "KIND"):
+            kinds[module.KIND.name] = module.KIND
+    return kinds

@@ -1,0 +1,155 @@
+"""Neighborhood attention (NATTEN style) on the token grid.
+
+A query at cell (t, h, w) sees the keys whose cells lie in a (kt, kh, kw) window around it.
+As in NATTEN, the window is shifted inward near the grid border instead of cut, so on a full
+grid every query sees exactly kt * kh * kw cells; with dilation d along an axis the window
+takes every d-th cell of the query's own residue class (p mod d). Along an axis of length L,
+for a query at i with kernel k and dilation d: the class holds G = ceil((L - i mod d) / d)
+cells, the window starts at ``clamp(i // d - k // 2, 0, G - k)`` in class units and holds k of
+them. With sparse (masked) tokens the window is the same set of cells; only the tokens present
+are attended to.
+
+Backends: ``dense`` (the reference: an explicit (B, 1, N, N) mask and SDPA), ``flex``
+(FlexAttention with a block mask over the flattened batch, compiled on CUDA); ``auto`` picks
+flex on CUDA and dense on the CPU.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..arguments import ArgumentError, one_of, positive_int
+from ..grid import Grid, grid_positions
+
+AXES = ("t", "h", "w")
+
+
+def axis_window_start(pos: Tensor, length: int, kernel: int, dilation: int) -> Tensor:
+    """First cell (in units of the query's residue class) of each query's window on one axis."""
+    residue = pos % dilation
+    group = torch.div(length - residue + dilation - 1, dilation, rounding_mode="floor")
+    return (torch.div(pos, dilation, rounding_mode="floor") - kernel // 2).clamp(min=0).minimum(group - kernel)
+
+
+def window_mask(q_pos: Sequence[Tensor], k_pos: Sequence[Tensor], grid: Grid, window: Sequence[int],
+                dilation: Sequence[int]) -> Tensor:
+    """(..., Nq, Nk) True where key cell k_pos lies in query q_pos's window (positions (..., N) per axis)."""
+    inside = None
+    for qp, kp, length, kernel, dil in zip(q_pos, k_pos, grid, window, dilation):
+        start = axis_window_start(qp, length, kernel, dil)[..., :, None]
+        kc = kp[..., None, :]
+        same_class = (kc % dil) == (qp[..., :, None] % dil)
+        unit = torch.div(kc, dil, rounding_mode="floor")
+        ok = same_class & (unit >= start) & (unit < start + kernel)
+        inside = ok if inside is None else inside & ok
+    return inside
+
+
+class NeighborhoodLayout:
+    """Token positions of one forward and the window rule; ``attend`` for (B, heads, N, D)."""
+
+    def __init__(self, ids: Tensor, grid: Grid, window: Sequence[int], dilation: Sequence[int], backend: str):
+        self.ids, self.grid, self.window, self.dilation = ids, grid, tuple(window), tuple(dilation)
+        self.backend = backend if backend != "auto" else ("flex" if ids.device.type == "cuda" else "dense")
+
+    @cached_property
+    def dense_mask(self) -> Tensor:
+        pos = grid_positions(self.ids, self.grid)
+        return window_mask(pos, pos, self.grid, self.window, self.dilation)[:, None]
+
+    @cached_property
+    def block_mask(self):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        B, N = self.ids.shape
+        flat = self.ids.reshape(-1)
+        sample = torch.arange(B, device=flat.device).repeat_interleave(N)
+        t, h, w = grid_positions(flat, self.grid)
+        grid, window, dilation = self.grid, self.window, self.dilation
+
+        def in_window(b, head, q_idx, kv_idx):
+            q_pos = (t[q_idx], h[q_idx], w[q_idx])
+            k_pos = (t[kv_idx], h[kv_idx], w[kv_idx])
+            inside = sample[q_idx] == sample[kv_idx]
+            for qp, kp, length, kernel, dil in zip(q_pos, k_pos, grid, window, dilation):
+                start = axis_window_start(qp, length, kernel, dil)
+                unit = torch.div(kp, dil, rounding_mode="floor")
+                inside = inside & ((kp % dil) == (qp % dil)) & (unit >= start) & (unit < start + kernel)
+            return inside
+
+        return create_block_mask(in_window, None, None, B * N, B * N, device=flat.device)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.backend == "dense":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense_mask)
+        from ..area import flatten_tokens, flex_attention_for, unflatten_tokens
+
+        def flat(x: Tensor) -> Tensor:
+            return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
+
+        out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=self.block_mask)
+        return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+
+
+class NeighborhoodKind:
+    name = "neighborhood"
+    BACKENDS = ("auto", "dense", "flex")
+
+    def __init__(self, window: Sequence[int], dilation: Sequence[int] | None = None):
+        if window is None or len(window) != 3:
+            raise ArgumentError("{window} must be three odd window sizes [kt, kh, kw].", window=window)
+        self.window = tuple(positive_int(k, "window") for k in window)
+        if any(k % 2 == 0 for k in self.window):
+            raise ArgumentError("{window} needs odd sizes (a window is centred on its query); allowed values are "
+                                "1, 3, 5, ...", window=list(self.window))
+        dilation = (1, 1, 1) if dilation is None else dilation
+        if len(dilation) != 3:
+            raise ArgumentError("{dilation} must be three integers >= 1 [dt, dh, dw], or null.", dilation=dilation)
+        self.dilation = tuple(positive_int(d, "dilation") for d in dilation)
+
+    @property
+    def tag(self) -> str:
+        dil = "" if self.dilation == (1, 1, 1) else "d" + "x".join(map(str, self.dilation))
+        return f"nbhd{'x'.join(map(str, self.window))}{dil}"
+
+    def covers(self, grid: Grid) -> bool:
+        """Whether every window is the whole grid (the kind then equals full attention)."""
+        return all(k >= length and d == 1 for k, d, length in zip(self.window, self.dilation, grid))
+
+    def validate(self, grid: Grid) -> None:
+        for axis, k, d, length in zip(AXES, self.window, self.dilation, grid):
+            smallest_class = length // d  # cells of the smallest residue class along the axis
+            if k > smallest_class:
+                raise ArgumentError(
+                    f"{{window}} with {{dilation}} does not fit the {length} cells of the {axis} axis; a window of "
+                    f"k cells every d needs k <= {length} // d.", window=list(self.window),
+                    dilation=list(self.dilation))
+
+    def mask(self, ids: Tensor, grid: Grid) -> Tensor:
+        pos = grid_positions(ids, grid)
+        return window_mask(pos, pos, grid, self.window, self.dilation)
+
+    def pairs(self, ids: Tensor, grid: Grid) -> int:
+        """Without the N x N mask: the window rule is separable per axis, so the keys present in
+        every cell's window are one small einsum of per-axis (L, L) window matrices over the
+        occupancy grid."""
+        cells = [torch.arange(length) for length in grid]
+        axis = [window_mask([c], [c], (length,), (k,), (d,)).double()
+                for c, length, k, d in zip(cells, grid, self.window, self.dilation)]
+        occupancy = torch.zeros(ids.shape[0], grid[0] * grid[1] * grid[2], dtype=torch.float64)
+        occupancy.scatter_(1, ids.cpu(), 1.0)
+        seen = torch.einsum("at,bh,cw,nthw->nabc", *axis, occupancy.view(-1, *grid)).reshape(ids.shape[0], -1)
+        return int(round(float((seen * occupancy).sum())))
+
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, NeighborhoodLayout]:
+        """Tokens in grid order (t-major): neighbours sit close together, so flex's block mask is sparse."""
+        one_of(backend, "backend", self.BACKENDS)
+        order = ids.argsort(dim=1)
+        return order, NeighborhoodLayout(ids.gather(1, order), grid, self.window, self.dilation, backend)
+
+
+KIND = NeighborhoodKind
