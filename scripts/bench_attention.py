@@ -43,6 +43,7 @@ LAYOUTS = {
     "4x2x2": dict(temporal_splits=4, height_splits=2, width_splits=2),
     "nbhd3x5x5": dict(kind="neighborhood", window=[3, 5, 5]),
     "nbhd3x7x7": dict(kind="neighborhood", window=[3, 7, 7]),
+    "sta2x4x4": dict(kind="sliding_tile", tile=[2, 4, 4], tile_window=[3, 3, 3]),
 }
 HEADS, HEAD_DIM = 16, 64
 

@@ -39,11 +39,14 @@ def test_bf16_area_encoder_close_to_fp32_dense():
     assert fast(x).shape == (2, 256, 384)  # the unmasked grid takes the equal-area path
 
 
+@pytest.mark.parametrize("kind_name", ["neighborhood", "sliding_tile"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
-def test_cuda_neighborhood_flex_matches_the_dense_reference_with_gradients(dtype, tol):
+def test_cuda_window_kinds_flex_matches_the_dense_reference_with_gradients(kind_name, dtype, tol):
     from stjepa.models.kinds.neighborhood import NeighborhoodKind
+    from stjepa.models.kinds.sliding_tile import SlidingTileKind
 
-    grid, kind = (4, 8, 8), NeighborhoodKind([3, 5, 5], [1, 1, 1])
+    grid = (4, 8, 8)
+    kind = NeighborhoodKind([3, 5, 5], [1, 1, 1]) if kind_name == "neighborhood" else SlidingTileKind([2, 2, 2], [1, 3, 3])
     ids = torch.stack([torch.randperm(256)[:150].sort().values for _ in range(2)]).cuda()
     order, flex = kind.prepare(ids, grid, "flex")
     _, dense = kind.prepare(ids, grid, "dense")

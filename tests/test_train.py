@@ -9,7 +9,7 @@ from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, 
 from wandb_records import summarize
 
 
-@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2", "nbhd_3x3x3"])
+@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2", "nbhd_3x3x3", "sta_2x1x1"])
 def test_train_few_steps_writes_checkpoints(tmp_path, attention):
     metrics = run_train(tmp_path, f"attention={attention}")
     assert metrics["global_step"] == 4
@@ -166,6 +166,9 @@ BAD_CONFIGS = [
      "attention.temporal_splits=2 is an area attention setting, which attention.kind='neighborhood' does not use."),
     (["attention=nbhd_3x3x3", "attention.backend=varlen"], "attention.backend='varlen' is not known; allowed values "
                                                            "are auto, dense, flex."),
+    (["attention=sta_2x4x4"], "attention.tile=[2, 4, 4] does not divide the 4 cells of the h axis"),
+    (["attention=sta_2x1x1", "attention.tile_window=[1,5,3]"],
+     "attention.tile_window=[1, 5, 3] does not fit the 4 tiles of the h axis; allowed window sizes there are odd"),
     (["attention.predictor.kind=neighborhood", "+attention.predictor.window=[3,5,3]"],
      "attention.predictor.window=[3, 5, 3] with attention.predictor.dilation=[1, 1, 1] does not fit"),
 ]

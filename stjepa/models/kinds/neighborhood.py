@@ -35,53 +35,58 @@ def axis_window_start(pos: Tensor, length: int, kernel: int, dilation: int) -> T
     return (torch.div(pos, dilation, rounding_mode="floor") - kernel // 2).clamp(min=0).minimum(group - kernel)
 
 
-def window_mask(q_pos: Sequence[Tensor], k_pos: Sequence[Tensor], grid: Grid, window: Sequence[int],
-                dilation: Sequence[int]) -> Tensor:
-    """(..., Nq, Nk) True where key cell k_pos lies in query q_pos's window (positions (..., N) per axis)."""
+def in_window(q_pos: Sequence[Tensor], k_pos: Sequence[Tensor], grid: Grid, window: Sequence[int],
+              dilation: Sequence[int]) -> Tensor:
+    """True where the key cell lies in the query cell's window; per-axis positions broadcast."""
     inside = None
     for qp, kp, length, kernel, dil in zip(q_pos, k_pos, grid, window, dilation):
-        start = axis_window_start(qp, length, kernel, dil)[..., :, None]
-        kc = kp[..., None, :]
-        same_class = (kc % dil) == (qp[..., :, None] % dil)
-        unit = torch.div(kc, dil, rounding_mode="floor")
-        ok = same_class & (unit >= start) & (unit < start + kernel)
+        start = axis_window_start(qp, length, kernel, dil)
+        unit = torch.div(kp, dil, rounding_mode="floor")
+        ok = ((kp % dil) == (qp % dil)) & (unit >= start) & (unit < start + kernel)
         inside = ok if inside is None else inside & ok
     return inside
 
 
-class NeighborhoodLayout:
-    """Token positions of one forward and the window rule; ``attend`` for (B, heads, N, D)."""
+def window_mask(cells: Sequence[Tensor], grid: Grid, window: Sequence[int], dilation: Sequence[int]) -> Tensor:
+    """(..., N, N) window mask among cells given per axis as (..., N) positions."""
+    return in_window([c[..., :, None] for c in cells], [c[..., None, :] for c in cells], grid, window, dilation)
 
-    def __init__(self, ids: Tensor, grid: Grid, window: Sequence[int], dilation: Sequence[int], backend: str):
-        self.ids, self.grid, self.window, self.dilation = ids, grid, tuple(window), tuple(dilation)
-        self.backend = backend if backend != "auto" else ("flex" if ids.device.type == "cuda" else "dense")
+
+def cells_of(ids: Tensor, grid: Grid, cell: Sequence[int]) -> tuple[tuple[Tensor, ...], Grid]:
+    """Per-axis cell coordinates of tokens when the grid is cut into cells of ``cell`` tokens
+    ((1, 1, 1): the tokens' own positions; tiles for sliding-tile attention), and the cell grid."""
+    pos = grid_positions(ids, grid)
+    return (tuple(torch.div(p, c, rounding_mode="floor") for p, c in zip(pos, cell)),
+            tuple(length // c for length, c in zip(grid, cell)))
+
+
+class WindowLayout:
+    """What a window kind hands its layers for one forward: each token's cell coordinates and
+    the window rule over cells; ``attend`` for (B, heads, N, D) in the same token order."""
+
+    def __init__(self, cells: tuple[Tensor, ...], grid: Grid, window: Sequence[int], dilation: Sequence[int],
+                 backend: str):
+        self.cells, self.grid, self.window, self.dilation = cells, grid, tuple(window), tuple(dilation)
+        self.backend = backend if backend != "auto" else ("flex" if cells[0].device.type == "cuda" else "dense")
 
     @cached_property
     def dense_mask(self) -> Tensor:
-        pos = grid_positions(self.ids, self.grid)
-        return window_mask(pos, pos, self.grid, self.window, self.dilation)[:, None]
+        return window_mask(self.cells, self.grid, self.window, self.dilation)[:, None]
 
     @cached_property
     def block_mask(self):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        B, N = self.ids.shape
-        flat = self.ids.reshape(-1)
-        sample = torch.arange(B, device=flat.device).repeat_interleave(N)
-        t, h, w = grid_positions(flat, self.grid)
+        B, N = self.cells[0].shape
+        flat = [c.reshape(-1) for c in self.cells]
+        sample = torch.arange(B, device=flat[0].device).repeat_interleave(N)
         grid, window, dilation = self.grid, self.window, self.dilation
 
-        def in_window(b, head, q_idx, kv_idx):
-            q_pos = (t[q_idx], h[q_idx], w[q_idx])
-            k_pos = (t[kv_idx], h[kv_idx], w[kv_idx])
-            inside = sample[q_idx] == sample[kv_idx]
-            for qp, kp, length, kernel, dil in zip(q_pos, k_pos, grid, window, dilation):
-                start = axis_window_start(qp, length, kernel, dil)
-                unit = torch.div(kp, dil, rounding_mode="floor")
-                inside = inside & ((kp % dil) == (qp % dil)) & (unit >= start) & (unit < start + kernel)
-            return inside
+        def same_sample_in_window(b, head, q_idx, kv_idx):
+            q_pos, k_pos = [c[q_idx] for c in flat], [c[kv_idx] for c in flat]
+            return (sample[q_idx] == sample[kv_idx]) & in_window(q_pos, k_pos, grid, window, dilation)
 
-        return create_block_mask(in_window, None, None, B * N, B * N, device=flat.device)
+        return create_block_mask(same_sample_in_window, None, None, B * N, B * N, device=flat[0].device)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.backend == "dense":
@@ -95,17 +100,37 @@ class NeighborhoodLayout:
         return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
 
 
+def window_pairs(ids: Tensor, grid: Grid, cell: Sequence[int], window: Sequence[int], dilation: Sequence[int]) -> int:
+    """Query-key pairs over the batch without the N x N mask: the rule is separable per axis, so
+    the tokens present in every cell's window are one einsum of per-axis (L, L) window matrices
+    over the token occupancy grid."""
+    axis = []
+    for length, size, kernel, dil in zip(grid, cell, window, dilation):
+        token_cell = torch.div(torch.arange(length), size, rounding_mode="floor")
+        axis.append(window_mask([token_cell], (length // size,), (kernel,), (dil,)).double())
+    occupancy = torch.zeros(ids.shape[0], grid[0] * grid[1] * grid[2], dtype=torch.float64)
+    occupancy.scatter_(1, ids.cpu(), 1.0)
+    seen = torch.einsum("at,bh,cw,nthw->nabc", *axis, occupancy.view(-1, *grid)).reshape(ids.shape[0], -1)
+    return int(round(float((seen * occupancy).sum())))
+
+
+def odd_window(value: Sequence[int] | None, name: str) -> tuple[int, int, int]:
+    """Three odd positive sizes [kt, kh, kw] (a window is centred on its query), else ArgumentError."""
+    if value is None or len(value) != 3:
+        raise ArgumentError(f"{{{name}}} must be three odd window sizes [kt, kh, kw].", **{name: value})
+    sizes = tuple(positive_int(k, name) for k in value)
+    if any(k % 2 == 0 for k in sizes):
+        raise ArgumentError(f"{{{name}}} needs odd sizes (a window is centred on its query); allowed values are "
+                            "1, 3, 5, ...", **{name: list(sizes)})
+    return sizes
+
+
 class NeighborhoodKind:
     name = "neighborhood"
     BACKENDS = ("auto", "dense", "flex")
 
     def __init__(self, window: Sequence[int], dilation: Sequence[int] | None = None):
-        if window is None or len(window) != 3:
-            raise ArgumentError("{window} must be three odd window sizes [kt, kh, kw].", window=window)
-        self.window = tuple(positive_int(k, "window") for k in window)
-        if any(k % 2 == 0 for k in self.window):
-            raise ArgumentError("{window} needs odd sizes (a window is centred on its query); allowed values are "
-                                "1, 3, 5, ...", window=list(self.window))
+        self.window = odd_window(window, "window")
         dilation = (1, 1, 1) if dilation is None else dilation
         if len(dilation) != 3:
             raise ArgumentError("{dilation} must be three integers >= 1 [dt, dh, dw], or null.", dilation=dilation)
@@ -130,26 +155,17 @@ class NeighborhoodKind:
                     dilation=list(self.dilation))
 
     def mask(self, ids: Tensor, grid: Grid) -> Tensor:
-        pos = grid_positions(ids, grid)
-        return window_mask(pos, pos, grid, self.window, self.dilation)
+        return window_mask(grid_positions(ids, grid), grid, self.window, self.dilation)
 
     def pairs(self, ids: Tensor, grid: Grid) -> int:
-        """Without the N x N mask: the window rule is separable per axis, so the keys present in
-        every cell's window are one small einsum of per-axis (L, L) window matrices over the
-        occupancy grid."""
-        cells = [torch.arange(length) for length in grid]
-        axis = [window_mask([c], [c], (length,), (k,), (d,)).double()
-                for c, length, k, d in zip(cells, grid, self.window, self.dilation)]
-        occupancy = torch.zeros(ids.shape[0], grid[0] * grid[1] * grid[2], dtype=torch.float64)
-        occupancy.scatter_(1, ids.cpu(), 1.0)
-        seen = torch.einsum("at,bh,cw,nthw->nabc", *axis, occupancy.view(-1, *grid)).reshape(ids.shape[0], -1)
-        return int(round(float((seen * occupancy).sum())))
+        return window_pairs(ids, grid, (1, 1, 1), self.window, self.dilation)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, NeighborhoodLayout]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, WindowLayout]:
         """Tokens in grid order (t-major): neighbours sit close together, so flex's block mask is sparse."""
         one_of(backend, "backend", self.BACKENDS)
         order = ids.argsort(dim=1)
-        return order, NeighborhoodLayout(ids.gather(1, order), grid, self.window, self.dilation, backend)
+        return order, WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
+                                   backend)
 
 
 KIND = NeighborhoodKind
