@@ -166,7 +166,9 @@ BAD_CONFIGS = [
      "attention.temporal_splits=2 is an area attention setting, which attention.kind='neighborhood' does not use."),
     (["attention=nbhd_3x3x3", "attention.backend=varlen"], "attention.backend='varlen' is not known; allowed values "
                                                            "are auto, dense, flex."),
-    (["attention=sta_2x4x4"], "attention.tile=[2, 4, 4] does not divide the 4 cells of the h axis"),
+    (["attention=sta_2x4x4"], "attention.tile_window=[3, 3, 3] does not fit the 2 tiles of the t axis"),
+    (["attention=sta_2x1x1", "attention.tile=[3,1,1]"], "attention.tile=[3, 1, 1] does not divide the 4 cells of the t "
+                                                        "axis; allowed tile sizes there divide 4."),
     (["attention=sta_2x1x1", "attention.tile_window=[1,5,3]"],
      "attention.tile_window=[1, 5, 3] does not fit the 4 tiles of the h axis; allowed window sizes there are odd"),
     (["attention.predictor.kind=neighborhood", "+attention.predictor.window=[3,5,3]"],
