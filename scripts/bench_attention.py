@@ -75,9 +75,9 @@ def build_layout(ids, grid, config, backend):
     """Order the tokens and build the layout as the encoder does once per forward."""
     if config is None:
         return None, ids, grid_positions(ids, grid)
-    order, layout = config.local_kind.prepare(ids, grid, backend)
+    order, layouts = config.local_kind.prepare(ids, grid, backend)
     ids = ids if order is None else ids.gather(1, order)
-    return layout, ids, grid_positions(ids, grid)
+    return layouts[0], ids, grid_positions(ids, grid)  # one layer: the first layout
 
 
 def backends_for(device, tokens, config, mask_mode):

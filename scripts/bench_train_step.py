@@ -151,7 +151,8 @@ def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
     config = encoder.attention
     if not config.is_local:
         return "sdpa"
-    names = [config.local_kind.prepare(m, encoder.default_grid, config.backend)[1].backend for m in masks]
+    names = [layout.backend for m in masks for layout in config.local_kind.prepare(m, encoder.default_grid,
+                                                                                    config.backend)[1]]
     return "/".join(dict.fromkeys(names))
 
 

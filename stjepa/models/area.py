@@ -275,34 +275,71 @@ def sorted_area_layout(ids: Tensor, grid: Grid, splits: AreaSplits, backend: str
     return order, AreaLayout(area.gather(1, order), splits.num_areas, backend)
 
 
+def shifted_area_index(t: Tensor, h: Tensor, w: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, int]:
+    """Area ids with every split boundary moved by half an area (Swin-style, without wrapping):
+    along an axis of length L cut into S > 1 slices, a token at p is in slice
+    ``floor(p * S / L + 1/2)`` of S + 1 (the first and last are half slices); unsplit axes stay
+    whole. Returns the ids and the number of areas."""
+    sizes = []
+    coords = []
+    for p, length, s in zip((t, h, w), grid, (splits.temporal, splits.height, splits.width)):
+        if s == 1:
+            coords.append(torch.zeros_like(p))
+            sizes.append(1)
+        else:
+            coords.append(torch.div(2 * p * s + length, 2 * length, rounding_mode="floor"))
+            sizes.append(s + 1)
+    return (coords[0] * sizes[1] + coords[1]) * sizes[2] + coords[2], sizes[0] * sizes[1] * sizes[2]
+
+
 class AreaKind:
-    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`)."""
+    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`). With
+    ``shift``, every other area layer uses the areas of :func:`shifted_area_index`, so
+    information crosses area borders without a global layer; those layers sort by their own
+    areas inside attention (the ``reorder`` mechanism) and restore the order after."""
 
     name = "area"
     BACKENDS = BACKENDS
 
-    def __init__(self, splits: AreaSplits, reorder: str = "once"):
-        self.splits, self.reorder = splits, reorder
+    def __init__(self, splits: AreaSplits, reorder: str = "once", shift: bool = False):
+        self.splits, self.reorder, self.shift = splits, reorder, bool(shift)
 
     @property
     def tag(self) -> str:
-        return f"area-{self.splits.tag}"
+        return f"area-{self.splits.tag}" + ("-shift" if self.shift else "")
 
-    def validate(self, grid: tuple[int, int, int]) -> None:
+    def validate(self, grid: Grid) -> None:
         self.splits.validate(grid)
 
-    def prepare(self, ids: Tensor, grid: tuple[int, int, int], backend: str = "auto") -> tuple[Tensor | None, AreaLayout]:
+    def _area_ids(self, ids: Tensor, grid: Grid) -> list[tuple[Tensor, int]]:
+        pos = grid_positions(ids, grid)
+        plain = [(area_index(*pos, grid, self.splits), self.splits.num_areas)]
+        return plain + [shifted_area_index(*pos, grid, self.splits)] if self.shift else plain
+
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor | None, tuple[AreaLayout, ...]]:
+        numel = grid[0] * grid[1] * grid[2]
         if self.reorder == "per_layer":  # attention sorts and restores in every layer, as the published code
-            order, area = area_order(ids, grid, self.splits)
-            return None, AreaLayout(area, self.splits.num_areas, backend, reorder=order)
-        return sorted_area_layout(ids, grid, self.splits, backend)
+            order = None
+        else:
+            order, layout = sorted_area_layout(ids, grid, self.splits, backend)
+            if not self.shift:
+                return order, (layout,)
+            ids = ids.gather(1, order)
+        layouts = []
+        for i, (area, count) in enumerate(self._area_ids(ids, grid)):
+            if i == 0 and order is not None:
+                layouts.append(layout)  # already in its own sorted order
+                continue
+            layouts.append(AreaLayout(area, count, backend, reorder=(area * numel + ids).argsort(dim=1)))
+        return order, tuple(layouts)
 
-    def mask(self, ids: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        area = area_index(*grid_positions(ids, grid), grid, self.splits)
-        return area[:, :, None] == area[:, None, :]
+    def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor, ...]:
+        return tuple(area[:, :, None] == area[:, None, :] for area, _ in self._area_ids(ids, grid))
 
-    def pairs(self, ids: Tensor, grid: tuple[int, int, int]) -> int:
-        area = area_index(*grid_positions(ids, grid), grid, self.splits).cpu()
-        counts = torch.zeros(ids.shape[0], self.splits.num_areas, dtype=torch.long)
-        counts.scatter_add_(1, area, torch.ones_like(area))
-        return int((counts ** 2).sum())
+    def pairs(self, ids: Tensor, grid: Grid) -> tuple[int, ...]:
+        out = []
+        for area, count in self._area_ids(ids.cpu(), grid):
+            counts = torch.zeros(ids.shape[0], count, dtype=torch.long)
+            counts.scatter_add_(1, area, torch.ones_like(area))
+            out.append(int((counts ** 2).sum()))
+        return tuple(out)

@@ -12,7 +12,7 @@ from .kinds import find_kinds
 REORDERS = ("once", "per_layer")
 DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT-L, the rest global
 KINDS = {"area": AreaKind, **find_kinds()}
-AREA_SETTINGS = ("temporal_splits", "height_splits", "width_splits", "spatial_splits", "reorder")
+AREA_SETTINGS = ("temporal_splits", "height_splits", "width_splits", "spatial_splits", "reorder", "shift")
 
 
 @dataclass
@@ -27,7 +27,8 @@ class AttentionConfig:
     Area settings: with one area (every split 1) every layer is global (one area is the same
     function as full attention). ``height_splits`` / ``width_splits`` of None mean 1;
     ``spatial_splits`` is shorthand for both, and giving it together with a different height or
-    width split is refused rather than letting one silently win. ``reorder='once'`` sorts
+    width split is refused rather than letting one silently win. ``shift`` moves the area
+    boundaries by half an area in every other area layer (Swin-style). ``reorder='once'`` sorts
     tokens by area once per forward; ``'per_layer'`` sorts inside every area layer as the
     published ST-A² code did. Errors are :class:`~stjepa.models.arguments.ArgumentError`
     naming these fields.
@@ -43,6 +44,7 @@ class AttentionConfig:
     area_layers: Sequence[int] | None = None
     backend: str = "auto"
     reorder: str = "once"
+    shift: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,7 +78,7 @@ class AttentionConfig:
     def local_kind(self):
         """The kind object: ``prepare``, ``mask``, ``pairs``, ``validate`` (see stjepa.models.kinds)."""
         if self.kind == "area":
-            return AreaKind(self.splits, self.reorder)
+            return AreaKind(self.splits, self.reorder, self.shift)
         try:
             return KINDS[self.kind](**self.options)
         except TypeError as exc:  # a setting the kind does not take

@@ -44,16 +44,20 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def local_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> int:
+def local_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> tuple[int, ...]:
     """Query-key pairs per head over the batch when tokens at ``ids`` (B, N) use the model's
-    local attention (area, neighborhood, ...)."""
+    local attention (area, neighborhood, ...): one count per layout the local layers take in turn."""
     return model.attention.local_kind.pairs(ids.cpu(), grid)
 
 
-def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int, local: int) -> Flops:
+def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int,
+                  local: tuple[int, ...]) -> Flops:
     linear = 2.0 * tokens * sum(_linear_macs(b) for b in blocks)
-    attention = sum(4.0 * width * (local if is_local else full) for is_local in pattern)
-    return Flops(linear, attention, 4.0 * width * full * len(pattern))
+    pairs, j = [], 0
+    for is_local in pattern:
+        pairs.append(local[j % len(local)] if is_local else full)
+        j += is_local
+    return Flops(linear, 4.0 * width * sum(pairs), 4.0 * width * full * len(pattern))
 
 
 def patch_embed_flops(encoder: VisionTransformer, batch: int, grid: Grid) -> Flops:
@@ -74,7 +78,7 @@ def encoder_flops(
         ids = torch.arange(n).expand(batch, n)
     n_visible = ids.shape[1]
     full = batch * n_visible**2
-    local = local_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else full
+    local = local_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else (full,)
     tokens = batch * n_visible
     blocks = _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, local)
     return patch_embed_flops(encoder, batch, grid) + blocks if embed else blocks
@@ -87,7 +91,7 @@ def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, mask
     n = ids.shape[1]
     width = predictor.predictor_embed.out_features
     full = batch * n**2
-    local = local_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else full
+    local = local_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else (full,)
     io = 2.0 * (batch * masks_x.shape[1] * _linear_macs(predictor.predictor_embed)
                 + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
     blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, local)

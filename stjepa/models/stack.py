@@ -58,17 +58,20 @@ def run_blocks(
     the others are global. The kind may reorder the tokens once per forward (area attention
     sorts by area, then grid position); the output is in the caller's order either way.
     """
-    layout, order = None, None
+    layouts, order = (), None
     if any(pattern):  # the kind of local attention orders the tokens and builds what its layers need
-        order, layout = attention.local_kind.prepare(ids, grid, attention.backend)
+        order, layouts = attention.local_kind.prepare(ids, grid, attention.backend)
     elif sort_by_position:
         order = ids.argsort(dim=1)
     if order is not None:
         x, ids = gather_tokens(x, order), ids.gather(1, order)
     t, h, w = grid_positions(ids, grid)
     rope = RopeTables.from_positions(t, h, w, head_dim, _compute_dtype(x))
+    local_index = 0  # local layers take the kind's layouts in turn
     for blk, is_local in zip(blocks, pattern):
-        args = (x, rope, layout if is_local else None)
+        layout = layouts[local_index % len(layouts)] if is_local else None
+        local_index += is_local
+        args = (x, rope, layout)
         if activation_checkpointing and torch.is_grad_enabled():
             x = checkpoint(blk, *args, use_reentrant=False)
         else:

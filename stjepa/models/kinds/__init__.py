@@ -6,10 +6,11 @@ the config keys) with
 - ``validate(grid)``: refuse settings that do not fit the (T', H', W') token grid, raising
   :class:`~stjepa.models.arguments.ArgumentError` in the kind's own argument names;
 - ``prepare(ids, grid, backend)``: once per forward, from the flat grid positions ``ids``
-  (B, N) of the tokens present, ``(order, layout)``: the token order the layers run in (None:
-  the caller's) and the layout each local layer hands to ``layout.attend(q, k, v)``;
-- ``mask(ids, grid)``: the dense reference, a (B, N, N) boolean "query may see key";
-- ``pairs(ids, grid)``: query-key pairs per head over the batch (for the FLOP counter);
+  (B, N) of the tokens present, ``(order, layouts)``: the token order the layers run in (None:
+  the caller's) and the layouts local layers hand to ``layout.attend(q, k, v)``, taken in turn
+  (one layout for most kinds; shifted areas alternate two);
+- ``mask(ids, grid)``: the dense reference per layout, (B, N, N) booleans "query may see key";
+- ``pairs(ids, grid)``: query-key pairs per head over the batch, per layout (FLOP counter);
 - ``tag``: a short name for run names; ``BACKENDS``: what ``backend`` may be.
 
 Modules here are found by name: adding a kind is a new module plus a preset in conf/attention/.

@@ -154,18 +154,18 @@ class NeighborhoodKind:
                     f"k cells every d needs k <= {length} // d.", window=list(self.window),
                     dilation=list(self.dilation))
 
-    def mask(self, ids: Tensor, grid: Grid) -> Tensor:
-        return window_mask(grid_positions(ids, grid), grid, self.window, self.dilation)
+    def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
+        return (window_mask(grid_positions(ids, grid), grid, self.window, self.dilation),)
 
-    def pairs(self, ids: Tensor, grid: Grid) -> int:
-        return window_pairs(ids, grid, (1, 1, 1), self.window, self.dilation)
+    def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
+        return (window_pairs(ids, grid, (1, 1, 1), self.window, self.dilation),)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, WindowLayout]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[WindowLayout]]:
         """Tokens in grid order (t-major): neighbours sit close together, so flex's block mask is sparse."""
         one_of(backend, "backend", self.BACKENDS)
         order = ids.argsort(dim=1)
-        return order, WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
-                                   backend)
+        return order, (WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
+                                    backend),)
 
 
 KIND = NeighborhoodKind

@@ -46,14 +46,14 @@ class SlidingTileKind:
                                     f"allowed window sizes there are odd and at most {length // size}.",
                                     tile_window=list(self.tile_window))
 
-    def mask(self, ids: Tensor, grid: Grid) -> Tensor:
+    def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
         cells, tiles = cells_of(ids, grid, self.tile)
-        return window_mask(cells, tiles, self.tile_window, NO_DILATION)
+        return (window_mask(cells, tiles, self.tile_window, NO_DILATION),)
 
-    def pairs(self, ids: Tensor, grid: Grid) -> int:
-        return window_pairs(ids, grid, self.tile, self.tile_window, NO_DILATION)
+    def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
+        return (window_pairs(ids, grid, self.tile, self.tile_window, NO_DILATION),)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, WindowLayout]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[WindowLayout]]:
         """Tokens sorted by tile (t-major over tiles), then grid position: each tile is a run of
         the order, so the window over tiles is block-sparse."""
         one_of(backend, "backend", self.BACKENDS)
@@ -61,7 +61,7 @@ class SlidingTileKind:
         tile_id = (cells[0] * tiles[1] + cells[1]) * tiles[2] + cells[2]
         order = (tile_id * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1)
         sorted_cells = tuple(c.gather(1, order) for c in cells)
-        return order, WindowLayout(sorted_cells, tiles, self.tile_window, NO_DILATION, backend)
+        return order, (WindowLayout(sorted_cells, tiles, self.tile_window, NO_DILATION, backend),)
 
 
 KIND = SlidingTileKind
