@@ -1,10 +1,11 @@
 """Forward+backward time of the attention core and of one encoder layer, full vs local attention
-(area layouts and neighborhood windows), each with every backend that applies.
+(area layouts, neighborhood windows, sliding tiles, top-k blocks), each with every backend that
+applies.
 
 Token counts follow the published ST-A² sweep (25% of the tokens of 256px/16f, 384px/16f,
 256px/64f and 384px/64f visible) plus the unmasked 384px/64f grid; ViT-L heads (16 x 64).
-bf16 on CUDA, fp32 on CPU. Tokens are ordered as the encoder runs them (area-sorted, or grid
-order for windows). Ratios are local time / full time measured in the same run.
+bf16 on CUDA, fp32 on CPU. Tokens are ordered as the encoder runs them (area-sorted, grid order
+for neighborhood windows, tile-sorted for sliding tiles and top-k blocks). Ratios are local time / full time measured in the same run.
 
 Masks: ``random`` keeps a uniform 25% of tokens per clip (areas come out unequal, as with
 V-JEPA masks: the varlen/padded paths); ``balanced`` (area layouts only) keeps the same number
@@ -25,7 +26,7 @@ from stjepa.models.area import area_index, attend
 from stjepa.models.grid import grid_positions
 from stjepa.models.layers import Block
 from stjepa.models.rope import RopeTables
-from stjepa.utils.bench import write_csv
+from stjepa.utils.bench import free_memory, write_csv
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
 GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
@@ -44,8 +45,10 @@ LAYOUTS = {
     "nbhd3x5x5": dict(kind="neighborhood", window=[3, 5, 5]),
     "nbhd3x7x7": dict(kind="neighborhood", window=[3, 7, 7]),
     "sta2x4x4": dict(kind="sliding_tile", tile=[2, 4, 4], tile_window=[3, 3, 3]),
+    "topk2x4x4": dict(kind="topk_blocks", block=[2, 4, 4], top_k=7),
 }
 HEADS, HEAD_DIM = 16, 64
+DENSE_MAX_TOKENS = 8192  # the dense reference materialises (heads, N, N) scores beyond this
 
 
 def layout_config(name: str, backend: str = "auto") -> AttentionConfig | None:
@@ -71,23 +74,25 @@ def visible_ids(grid, fraction, batch, config, mode, seed=0):
     return torch.stack(rows)
 
 
-def build_layout(ids, grid, config, backend):
-    """Order the tokens and build the layout as the encoder does once per forward."""
+def build_layout(ids, grid, config):
+    """Order the tokens and build the layout as the encoder does once per forward: the first
+    local layer's layout and the grid positions of the ordered tokens."""
     if config is None:
-        return None, ids, grid_positions(ids, grid)
-    order, layouts = config.local_kind.prepare(ids, grid, backend)
-    ids = ids if order is None else ids.gather(1, order)
-    return layouts[0], ids, grid_positions(ids, grid)  # one layer: the first layout
+        return None, grid_positions(ids, grid)
+    order, layouts = config.local_kind.prepare(ids, grid, config.backend)
+    return layouts[0], grid_positions(ids if order is None else ids.gather(1, order), grid)
 
 
-def backends_for(device, tokens, config, mask_mode):
-    """The backends worth timing: CUDA-only ones on CUDA (flex has no CPU backward), the dense
-    reference while its N x N mask is small, 'equal' on balanced areas."""
+def backends_for(device, config, mask_mode, which="all"):
+    """The backends worth timing: CUDA-only ones on CUDA (flex has no CPU backward), 'equal' on
+    balanced areas."""
     if config is None:
         return ["-"]
+    if which == "auto":
+        return ["auto"]
     names = []
     for name in config.local_kind.BACKENDS:
-        if (name in ("varlen", "flex") and device.type != "cuda") or (name == "dense" and tokens > 8192):
+        if name in ("varlen", "flex") and device.type != "cuda":
             continue
         if name == "equal" and mask_mode != "balanced":
             continue
@@ -112,15 +117,19 @@ def run(args):
                     continue  # balanced is about areas
                 ids = visible_ids(grid, fraction, args.batch, config, mask_mode).to(device)
                 N = ids.shape[1]
-                for backend in backends_for(device, N, config, mask_mode):
+                for backend in backends_for(device, config, mask_mode, args.backends):
                     requested = backend if backend != "-" else "auto"
+                    run_config = layout_config(layout_name, requested)
                     try:
-                        config.validate(1, grid) if config is not None else None
-                        layout, _, pos = build_layout(ids, grid, config, requested)
+                        run_config.validate(1, grid) if run_config is not None else None
+                        layout, pos = build_layout(ids, grid, run_config)
                     except ValueError as exc:  # e.g. 'equal' on unequal areas, a window larger than the grid
                         print(f"skip {size} {layout_name} {backend}: {exc}")
                         continue
-                    build = time_ms(lambda: build_layout(ids, grid, config, requested), device, warmup=1,
+                    if layout is not None and layout.backend == "dense" and N > DENSE_MAX_TOKENS:
+                        print(f"skip {size} {layout_name} {backend}: the dense reference's N x N mask at {N} tokens")
+                        continue
+                    build = time_ms(lambda: build_layout(ids, grid, run_config), device, warmup=1,
                                     iters=3)["median_ms"] if layout is not None else 0.0
                     rope = RopeTables.from_positions(*pos, HEAD_DIM, dtype)
                     for part in args.parts:
@@ -143,8 +152,7 @@ def run(args):
                         print(f"{size:>15} {mask_mode:>8} N={N:>5} {layout_name:>6} {row['backend']:>7} "
                               f"({backend:>6}) {part:>5}: {t['median_ms']:9.3f} ms  x{ratio:.3f} of full", flush=True)
                     del layout
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    free_memory(device)
     return rows
 
 
@@ -199,7 +207,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--sizes", nargs="+", choices=list(GRIDS),
                    default=list(GRIDS) if cuda else ["256px/16f", "384px/16f", "256px/64f", "384px/64f"])
-    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["full", "2x2", "2x2x2"])
+    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    p.add_argument("--backends", choices=["all", "auto"], default="all",
+                   help="every backend that applies to a layout, or only what 'auto' picks")
     p.add_argument("--masks", nargs="+", choices=["random", "balanced"], default=["random", "balanced"])
     p.add_argument("--parts", nargs="+", choices=["core", "layer"], default=["core", "layer"])
     p.add_argument("--batch", type=int, default=1)

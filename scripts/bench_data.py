@@ -11,7 +11,6 @@ flip, normalize. Reports clips/s per worker for each decoder.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from stjepa.data.manifests import VideoSample
 from stjepa.data.synthetic import render_clip, sample_params
 from stjepa.data.transforms import TrainTransform
 from stjepa.data.video_dataset import VideoClipDataset
+from stjepa.utils.bench import write_csv
 from stjepa.utils.timing import describe_device, git_commit
 
 
@@ -76,10 +76,7 @@ def main(argv=None):
             rows.append(row)
             print(f"{decoder:>10}: {med * 1e3:7.1f} ms per clip -> {1.0 / med:6.1f} clips/s per worker")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, args.csv)
 
 
 if __name__ == "__main__":

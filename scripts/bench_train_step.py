@@ -1,7 +1,8 @@
 """Time of one full V-JEPA 2 training step, full vs area attention.
 
-One step is what ``train.py`` runs per batch, built from the project's own
-``JEPAPretrainModule`` (no Lightning Trainer): the EMA target encoder's no-grad forward on all
+One step is what ``train.py`` runs per batch, on the ``JEPAPretrainModule`` that train.py
+instantiates (``cfg.module`` of its composed config, so the optimizer settings are
+conf/train.yaml's ``optim``), without a Lightning Trainer: the EMA target encoder's no-grad forward on all
 tokens and layer norm of its features, the context encoder's forward on the visible tokens
 of each mask set, the predictor, the L1 loss at the target positions (``shared_step``),
 backward, an AdamW step (the module's weight-decay groups; ``fused=True`` on CUDA) and the
@@ -36,7 +37,6 @@ CPU); and area time / full time of the same size in the same run.
 from __future__ import annotations
 
 import argparse
-import gc
 import resource
 from functools import partial
 from pathlib import Path
@@ -45,11 +45,12 @@ import torch
 
 from stjepa.models import AttentionConfig
 from stjepa.models.flops import Flops, train_step_flops
+from stjepa.models.stack import prepare_layouts
 from stjepa.optim import adamw
 from stjepa.pretrain_module import JEPAPretrainModule
 from stjepa.utils.bench import (LAYOUTS, SIZES, add_model_args, add_run_args, add_size_args, attention_settings,
-                                autocast, draw_masks, model_from_args, pyplot, size_args, sizes_from_args,
-                                train_optim, write_csv)
+                                autocast, build_pretrain_module, draw_masks, free_memory, model_from_args, pyplot,
+                                size_args, sizes_from_args, write_csv)
 from stjepa.utils.layer_profile import plot_layers, profile_layers
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
@@ -58,11 +59,10 @@ VJEPA2 = "vjepa2"  # 256px/16f at --vjepa2-batch
 
 def build_training(model: dict, attention: dict, crop: int, frames: int, device: torch.device,
                    compile: bool = False, seed: int = 0) -> tuple[JEPAPretrainModule, torch.optim.Optimizer]:
-    """The pretraining module (encoder, predictor, EMA target encoder) and its AdamW."""
+    """The pretraining module (encoder, predictor, EMA target encoder) as train.py builds it, and its AdamW."""
     torch.manual_seed(seed)
     with torch.device(device):
-        module = JEPAPretrainModule(model, attention, train_optim(), frames_per_clip=frames, crop_size=crop,
-                                    compile=compile)
+        module = build_pretrain_module(model, attention, crop, frames, compile)
     module.to(device).train()
     module.configure_model()  # torch.compile of the three networks when compile=True
     return module, adamw((module.encoder, module.predictor), module.optim, fused=device.type == "cuda")
@@ -113,13 +113,6 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
 def fits(model, attention, crop, frames, batch, device, compile=False) -> bool:
     """Whether one training step at this batch runs without running out of memory."""
     try:
@@ -147,13 +140,12 @@ def find_max_batch(fits_fn, start: int, cap: int) -> int | None:
 
 
 def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
-    """The area backend each mask set's forward uses ('auto' resolves per forward), or 'sdpa'."""
-    config = encoder.attention
-    if not config.is_local:
-        return "sdpa"
-    names = [layout.backend for m in masks for layout in config.local_kind.prepare(m, encoder.default_grid,
-                                                                                    config.backend)[1]]
-    return "/".join(dict.fromkeys(names))
+    """The backend of the local layers in each mask set's forward ('auto' resolves per forward),
+    or 'sdpa' when no layer is local."""
+    names = [layout.backend for m in masks
+             for _, layouts in prepare_layouts(m, encoder.default_grid, encoder.layer_attention).values()
+             for layout in layouts]
+    return "/".join(dict.fromkeys(names)) or "sdpa"
 
 
 def bench_row(model, attention, crop, frames, batch, device, args) -> dict:

@@ -40,7 +40,7 @@ def split_attention(attention: Mapping[str, Any] | None) -> tuple[dict, dict]:
 
 def config_key(arg: str, part: str) -> str:
     """The config key behind constructor argument ``arg`` of ``part`` ('encoder' or 'predictor')."""
-    if arg in ATTENTION_FIELDS:
+    if arg.split(".")[0] in ATTENTION_FIELDS:  # 'stages.1.window': a setting of the second stage
         return f"attention.{arg}" if part == "encoder" else f"attention.predictor.{arg}"
     if part == "predictor":
         return "model." + {v: k for k, v in PREDICTOR_KEYS.items()}.get(arg, arg)

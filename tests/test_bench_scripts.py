@@ -1,13 +1,15 @@
-"""scripts/bench_train_step.py and scripts/profile_layers.py at tiny CPU sizes."""
+"""scripts/bench_train_step.py, scripts/profile_layers.py and scripts/bench_attention.py at tiny CPU sizes."""
 import csv
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import bench_attention
 import bench_train_step as bench
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from stjepa.models import AttentionConfig
@@ -155,6 +157,78 @@ def test_one_bench_step_trains_the_encoder_and_moves_the_ema_target():
     for k in enc:
         assert not torch.equal(tgt[k], snap["target_encoder"][k])
         torch.testing.assert_close(tgt[k], torch.lerp(snap["target_encoder"][k], enc[k], 1 - m))
+
+
+def hand_areas(ids, grid, splits):
+    """Area id of each flat grid position, from the ST-A² rule floor(p * S / L) per axis."""
+    T, H, W = grid
+    return [(i // (H * W) * splits[0] // T * splits[1] + i // W % H * splits[1] // H) * splits[2]
+            + i % W * splits[2] // W for i in ids]
+
+
+def test_the_module_is_built_from_the_train_config():
+    """Built as train.py instantiates cfg.module: optim from conf/train.yaml (read here as plain
+    YAML), the given model and attention settings, the clip size."""
+    optim = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text())["optim"]
+    module, opt = bench.build_training(tiny_model(), common.attention_settings("2x2x1"), 64, 8, torch.device("cpu"))
+    assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(module.optim).items()} == optim
+    assert [(g["lr"], g["betas"], g["eps"], g["weight_decay"]) for g in opt.param_groups] == [
+        (optim["lr"], tuple(optim["betas"]), optim["eps"], optim["weight_decay"]),
+        (optim["lr"], tuple(optim["betas"]), optim["eps"], 0.0)]
+    enc = module.encoder
+    assert (enc.depth, enc.img_size, enc.num_frames, module.predictor.depth) == (4, 64, 8, 2)
+    # area layers [0, round(4 * 18/24)) = [0, 3) with t2 h2 w1; the predictor stays global
+    assert enc.attention_pattern == (True, True, True, False)
+    assert (enc.attention.temporal_splits, enc.attention.height_splits, enc.attention.width_splits) == (2, 2, 1)
+    assert not any(module.predictor.attention_pattern)
+
+
+def test_a_size_without_a_model_file_takes_the_default_group_keys():
+    default = yaml.safe_load((ROOT / "conf" / "model" / "vit_tiny.yaml").read_text())
+    assert not (ROOT / "conf" / "model" / "vit_giant_swiglu.yaml").exists()
+    model = common.model_settings("vit_giant_swiglu")
+    assert model == {**default, "size": "vit_giant_swiglu"}
+
+
+def test_resolved_backends_follow_the_area_sizes():
+    """'equal' exactly when every area of every sample holds N / A tokens (counted by hand), else
+    'padded' (the CPU choice); global attention reports 'sdpa'."""
+    cpu = torch.device("cpu")
+    full, _ = bench.build_training(tiny_model(), common.attention_settings("full"), 64, 8, cpu)
+    area, _ = bench.build_training(tiny_model(), common.attention_settings("2x2x2"), 64, 8, cpu)
+    grid = area.encoder.default_grid
+    balanced = torch.tensor([[0, 3, 12, 15, 48, 51, 60, 63]])  # one token in each of the 8 corners' areas
+    unbalanced = torch.tensor([[0, 1, 2, 3, 48, 51, 60, 63]])
+    for ids, expected in [(balanced, "equal"), (unbalanced, "padded")]:
+        counts = Counter(hand_areas(ids[0].tolist(), grid, (2, 2, 2)))
+        assert (len(counts) == 8 and set(counts.values()) == {1}) == (expected == "equal")
+        assert bench.resolved_backends(area.encoder, [ids]) == expected
+        assert bench.resolved_backends(full.encoder, [ids]) == "sdpa"
+    assert bench.resolved_backends(area.encoder, [balanced, unbalanced]) == "equal/padded"
+
+
+def test_bench_attention_orders_tokens_by_area_then_position():
+    grid, splits = (4, 4, 4), (2, 2, 2)
+    config = bench_attention.layout_config("2x2x2")
+    ids = bench_attention.visible_ids(grid, 0.5, 2, config, "random", seed=1)
+    layout, (t, h, w) = bench_attention.build_layout(ids, grid, config)
+    ordered = t * 16 + h * 4 + w  # the flat positions, in the order attention sees them
+    for row, got in zip(ids.tolist(), ordered.tolist()):
+        areas = dict(zip(row, hand_areas(row, grid, splits)))
+        assert got == sorted(row, key=lambda i: (areas[i], i))
+    assert layout.backend == "padded" and bench_attention.build_layout(ids, grid, None)[0] is None
+
+
+def test_bench_attention_balanced_masks_fill_every_area_equally():
+    grid = (8, 16, 16)
+    config = bench_attention.layout_config("2x2x2")
+    ids = bench_attention.visible_ids(grid, 0.25, 2, config, "balanced")
+    assert ids.shape == (2, 512)
+    for row in ids.tolist():
+        assert len(set(row)) == 512
+        assert Counter(hand_areas(row, grid, (2, 2, 2))) == {a: 64 for a in range(8)}
+    layout, _ = bench_attention.build_layout(ids, grid, config)
+    assert layout.backend == "equal"
 
 
 def test_find_max_batch_doubles_then_halves():

@@ -39,19 +39,29 @@ def test_bf16_area_encoder_close_to_fp32_dense():
     assert fast(x).shape == (2, 256, 384)  # the unmasked grid takes the equal-area path
 
 
-@pytest.mark.parametrize("kind_name", ["neighborhood", "sliding_tile"])
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
-def test_cuda_window_kinds_flex_matches_the_dense_reference_with_gradients(kind_name, dtype, tol):
+def window_kind(name):
     from stjepa.models.kinds.neighborhood import NeighborhoodKind
     from stjepa.models.kinds.sliding_tile import SlidingTileKind
+    from stjepa.models.kinds.topk_blocks import TopkBlocksKind
 
-    grid = (4, 8, 8)
-    kind = NeighborhoodKind([3, 5, 5], [1, 1, 1]) if kind_name == "neighborhood" else SlidingTileKind([2, 2, 2], [1, 3, 3])
-    ids = torch.stack([torch.randperm(256)[:150].sort().values for _ in range(2)]).cuda()
-    order, (flex,) = kind.prepare(ids, grid, "flex")
+    return {"neighborhood": NeighborhoodKind([3, 5, 5], [1, 1, 1]), "sliding_tile": SlidingTileKind([2, 2, 2], [1, 3, 3]),
+            "topk_blocks": TopkBlocksKind([1, 2, 4], 3)}[name]
+
+
+@pytest.mark.parametrize("kind_name, backend", [("neighborhood", "flex"), ("sliding_tile", "flex"),
+                                                ("sliding_tile", "gather"), ("topk_blocks", "flex"),
+                                                ("topk_blocks", "gather")])
+@pytest.mark.parametrize("keep", [150, 256])  # sparse tokens, every token of the 4 x 8 x 8 grid
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_cuda_window_kinds_match_the_dense_reference_with_gradients(kind_name, backend, keep, dtype, tol):
+    """Each fast backend against the kind's dense backend in fp32 on the same (bf16-rounded)
+    inputs, so top-k blocks choose the same blocks in both."""
+    grid, kind = (4, 8, 8), window_kind(kind_name)
+    ids = torch.stack([torch.randperm(256)[:keep].sort().values for _ in range(2)]).cuda()
+    order, (fast,) = kind.prepare(ids, grid, backend)
     _, (dense,) = kind.prepare(ids, grid, "dense")
-    q, k, v = (torch.randn(2, 4, 150, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    out, ref = flex.attend(q, k, v), dense.attend(q.float(), k.float(), v.float())
+    q, k, v = (torch.randn(2, 4, keep, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    out, ref = fast.attend(q, k, v), dense.attend(q.float(), k.float(), v.float())
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
     g = torch.randn_like(ref)
     for got, want in zip(torch.autograd.grad(out.float(), (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):

@@ -1,6 +1,5 @@
 """Neighborhood attention against an independent reference: NATTEN's window written as lists of
 cells, and an explicit masked softmax."""
-import itertools
 import math
 
 import pytest
@@ -34,8 +33,19 @@ def reference_mask(ids, grid, window, dilation):
 
 
 def reference_attention(q, k, v, mask):
+    """Masked softmax attention; ``mask`` is (B, N, N), or (B, heads, N, N) per head."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1) @ v
+    return scores.masked_fill(~(mask if mask.dim() == 4 else mask[:, None]), float("-inf")).softmax(-1) @ v
+
+
+def assert_same_attention(out, expected, q, k, v):
+    """Equal outputs and, where q, k, v take gradients, equal gradients of a squared sum
+    (FlexAttention has no CPU backward: its gradients are checked in test_cuda.py)."""
+    torch.testing.assert_close(out, expected)
+    if q.requires_grad:
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        for a, b in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
+            torch.testing.assert_close(a, b)
 
 
 def sparse_ids(grid, batch, keep, seed):
@@ -70,18 +80,10 @@ def test_backends_match_the_masked_softmax_reference(backend, grid, window, dila
     order, (layout,) = kind.prepare(ids, grid, backend)
     ids = ids.gather(1, order)  # the order the layers run in
     g = torch.Generator().manual_seed(2)
-    # FlexAttention has no CPU backward: its gradients are checked in test_cuda.py
     q, k, v = (torch.randn(2, 3, ids.shape[1], 8, generator=g, dtype=F64).requires_grad_(backend != "flex")
                for _ in range(3))
     expected = reference_attention(q, k, v, reference_mask(ids, grid, window, dilation))
-    out = layout.attend(q, k, v)
-    torch.testing.assert_close(out, expected)
-    if backend == "flex":
-        return
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
-    for a, b in zip(grads, expected_grads):
-        torch.testing.assert_close(a, b)
+    assert_same_attention(layout.attend(q, k, v), expected, q, k, v)
 
 
 def test_an_encoder_whose_window_covers_the_grid_is_full_attention():

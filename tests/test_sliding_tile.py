@@ -5,7 +5,7 @@ import torch
 
 from stjepa.models import ArgumentError, AttentionConfig, vit
 from stjepa.models.kinds.sliding_tile import SlidingTileKind
-from test_neighborhood import F64, natten_cells, reference_attention, sparse_ids
+from test_neighborhood import F64, assert_same_attention, natten_cells, reference_attention, sparse_ids
 
 
 def reference_mask(ids, grid, tile, tile_window):
@@ -39,24 +39,31 @@ def test_mask_and_pairs_match_the_listed_tiles(grid, tile, tile_window):
     assert (kind.mask(full, grid)[0].sum(-1) == per_tile * tile_window[0] * tile_window[1] * tile_window[2]).all()
 
 
-@pytest.mark.parametrize("backend", ["dense", "flex"])
-def test_backends_on_tile_sorted_tokens_match_the_reference(backend):
+@pytest.mark.parametrize("keep", [60, 256])  # sparse tokens (unequal and empty tiles), every token
+@pytest.mark.parametrize("backend", ["dense", "flex", "gather"])
+def test_backends_on_tile_sorted_tokens_match_the_reference(backend, keep):
     grid, tile, tile_window = CASES[0]
     kind = SlidingTileKind(tile, tile_window)
-    ids = sparse_ids(grid, 2, 60, seed=4)
+    ids = sparse_ids(grid, 2, keep, seed=4)
     order, (layout,) = kind.prepare(ids, grid, backend)
     ids = ids.gather(1, order)
     tiles = [[tuple(c // s for c, s in zip((i // 64, i // 8 % 8, i % 8), tile)) for i in row] for row in ids.tolist()]
     assert all(row == sorted(row) for row in tiles)  # each tile is one run of the order
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(2, 2, 60, 8, generator=g, dtype=F64).requires_grad_(backend != "flex") for _ in range(3))
+    q, k, v = (torch.randn(2, 2, keep, 8, generator=g, dtype=F64).requires_grad_(backend != "flex") for _ in range(3))
     expected = reference_attention(q, k, v, reference_mask(ids, grid, tile, tile_window))
-    out = layout.attend(q, k, v)
-    torch.testing.assert_close(out, expected)
-    if backend == "dense":  # FlexAttention has no CPU backward (tests/test_cuda.py checks it on a GPU)
-        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-        for a, b in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
-            torch.testing.assert_close(a, b)
+    assert_same_attention(layout.attend(q, k, v), expected, q, k, v)
+
+
+def test_auto_gathers_on_the_cpu_and_without_padding_on_a_full_grid():
+    grid, tile, tile_window = CASES[0]
+    kind = SlidingTileKind(tile, tile_window)
+    _, (full,) = kind.prepare(torch.arange(256)[None], grid)
+    _, (sparse,) = kind.prepare(sparse_ids(grid, 1, 60, seed=4), grid)
+    assert (full.backend, sparse.backend) == ("gather", "gather")
+    assert full._slots[2] is None and sparse._slots[2] is not None
+    # the window table against the listed windows: tile (0, 0, 0) sees h, w tiles 0..2 of t tile 0
+    assert sorted(full.window_table[0].tolist()) == [h * 4 + w for h in range(3) for w in range(3)]
 
 
 def test_a_tile_window_covering_the_grid_is_full_attention():
@@ -76,7 +83,7 @@ def test_a_tile_window_covering_the_grid_is_full_attention():
     (dict(tile=[2, 3, 2], tile_window=[1, 1, 1]), r"^tile=\[2, 3, 2\] does not divide the 4 cells of the h axis"),
     (dict(tile=[2, 2, 2], tile_window=[1, 3, 3]), r"^tile_window=\[1, 3, 3\] does not fit the 2 tiles of the h axis"),
     (dict(tile=[2, 2, 2], tile_window=[1, 2, 1]), r"^tile_window=\[1, 2, 1\] needs odd sizes"),
-    (dict(tile=[2, 2], tile_window=[1, 1, 1]), r"^tile=\[2, 2\] must be three tile sizes"),
+    (dict(tile=[2, 2], tile_window=[1, 1, 1]), r"^tile=\[2, 2\] must be three sizes \[t, h, w\]"),
 ])
 def test_bad_settings_name_the_argument(settings, message):
     with pytest.raises(ArgumentError, match=message):

@@ -9,7 +9,8 @@ from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, 
 from wandb_records import summarize
 
 
-@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2", "area_2x2_shift", "nbhd_3x3x3", "sta_2x1x1"])
+@pytest.mark.parametrize("attention", ["full", "area_2x2", "area_2x2x2", "area_2x2_shift", "nbhd_3x3x3", "sta_2x1x1",
+                                       "topk_1x2x2", "area_2x2_then_nbhd_3x3x3"])
 def test_train_few_steps_writes_checkpoints(tmp_path, attention):
     metrics = run_train(tmp_path, f"attention={attention}")
     assert metrics["global_step"] == 4
@@ -170,7 +171,7 @@ BAD_CONFIGS = [
      "attention.shift=True is an area attention setting, which attention.kind='neighborhood' does not use."),
     (["attention=sta_2x4x4"], "attention.tile_window=[3, 3, 3] does not fit the 2 tiles of the t axis"),
     (["attention=sta_2x1x1", "attention.tile=[3,1,1]"], "attention.tile=[3, 1, 1] does not divide the 4 cells of the t "
-                                                        "axis; allowed tile sizes there divide 4."),
+                                                        "axis; allowed sizes there divide 4."),
     (["attention=sta_2x1x1", "attention.tile_window=[1,5,3]"],
      "attention.tile_window=[1, 5, 3] does not fit the 4 tiles of the h axis; allowed window sizes there are odd"),
     (["attention.predictor.kind=neighborhood", "+attention.predictor.window=[3,5,3]"],

@@ -11,16 +11,20 @@ from typing import Any, Callable, Iterable
 
 
 class ArgumentError(ValueError):
-    def __init__(self, template: str, **args: Any):
-        self.template, self.args_ = template, args
+    def __init__(self, template: str, prefix: str = "", **args: Any):
+        self.template, self.prefix, self.args_ = template, prefix, args
         super().__init__(self.render())
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self.args_)
+        return tuple(self.prefix + n for n in self.args_)
 
     def render(self, name_of: Callable[[str], str] = str) -> str:
-        return self.template.format(**{n: f"{name_of(n)}={v!r}" for n, v in self.args_.items()})
+        return self.template.format(**{n: f"{name_of(self.prefix + n)}={v!r}" for n, v in self.args_.items()})
+
+    def within(self, prefix: str) -> "ArgumentError":
+        """The same error for arguments that sit under ``prefix`` (e.g. 'stages.1.')."""
+        return ArgumentError(self.template, prefix=prefix + self.prefix, **self.args_)
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -45,6 +45,7 @@ class AttentionConfig:
     backend: str = "auto"
     reorder: str = "once"
     shift: bool = False
+    stages: tuple["AttentionConfig", ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,7 +66,20 @@ class AttentionConfig:
                                 f"{', '.join(known)}.", **{name: options[name]})
         if kwargs.get("area_layers") is not None:
             kwargs["area_layers"] = [int(i) for i in kwargs["area_layers"]]
+        kwargs["stages"] = tuple(cls._stage(i, stage) for i, stage in enumerate(kwargs.get("stages") or ()))
         return cls(**kwargs, options=options)
+
+    @classmethod
+    def _stage(cls, index: int, stage: Any) -> "AttentionConfig":
+        """One entry of ``stages``; its errors name it (``stages.1.window``)."""
+        if not isinstance(stage, Mapping) or "stages" in stage or "kind" not in stage:
+            raise ArgumentError("{stages} entries are mappings of attention settings with a kind (kind, its "
+                                "settings, area_start/area_end or area_layers, backend), without stages of their "
+                                "own.", stages=stage)
+        try:
+            return cls.create(stage)
+        except ArgumentError as exc:
+            raise exc.within(f"stages.{index}.") from None
 
     @property
     def splits(self) -> AreaSplits:
@@ -85,35 +99,70 @@ class AttentionConfig:
             raise ArgumentError(f"{{kind}} does not take these settings ({exc}).", kind=self.kind) from None
 
     @property
-    def is_local(self) -> bool:
-        """Whether any layer can differ from global attention (an area layout needs two areas)."""
+    def own_local(self) -> bool:
+        """Whether this entry's own layers can differ from global attention (an area layout
+        needs two areas); ``stages`` not counted."""
         return self.kind != "area" or self.splits.num_areas > 1
 
     @property
+    def is_local(self) -> bool:
+        """Whether any layer can differ from global attention."""
+        return self.own_local or any(stage.is_local for stage in self.stages)
+
+    @property
+    def parts(self) -> tuple["AttentionConfig", ...]:
+        """This entry and its stages."""
+        return (self, *self.stages)
+
+    @property
     def tag(self) -> str:
-        """Short name of the layout, e.g. 'full' or 'area-t2h2w2-L0:18' (for run names and tags)."""
-        if not self.is_local:
-            return "full"
-        layers = f"L{','.join(map(str, self.area_layers))}" if self.area_layers is not None else (
-            f"L{self.area_start}:{'auto' if self.area_end is None else self.area_end}")
-        return f"{self.local_kind.tag}-{layers}"
+        """Short name of the layout, e.g. 'full', 'area-t2h2w2-L0:18' or, with stages,
+        'area-t1h2w2-L0:12+nbhd3x7x7-L12:18' (for run names and tags)."""
+        tags = []
+        for part in self.parts:
+            if part.own_local:
+                layers = f"L{','.join(map(str, part.area_layers))}" if part.area_layers is not None else (
+                    f"L{part.area_start}:{'auto' if part.area_end is None else part.area_end}")
+                tags.append(f"{part.local_kind.tag}-{layers}")
+        return "+".join(tags) or "full"
 
     def validate_grid(self, grid: tuple[int, int, int]) -> None:
         """Refuse an input grid the local attention does not fit (checked at every forward)."""
-        if self.is_local:
-            self.local_kind.validate(grid)
+        for i, part in enumerate(self.parts):
+            if part.own_local:
+                try:
+                    part.local_kind.validate(grid)
+                except ArgumentError as exc:
+                    raise exc.within(f"stages.{i - 1}." if i else "") from None
+
+    def layers(self, depth: int) -> tuple["AttentionConfig | None", ...]:
+        """For each layer, the entry (this one or a stage) whose local attention it uses; None
+        for global layers."""
+        self.validate(depth)
+        out: list[AttentionConfig | None] = [None] * depth
+        for part in self.parts:
+            for layer in part._own_layers(depth):
+                if out[layer] is not None:
+                    both = " and ".join(f"{p.local_kind.tag} (layers {', '.join(map(str, p._own_layers(depth)))})"
+                                        for p in (out[layer], part))
+                    raise ArgumentError(f"{{stages}} put layer {layer} in two layer ranges, {both}; give each "
+                                        f"layer at most one kind (ranges may not overlap).",
+                                        stages=[dict(kind=p.kind, area_start=p.area_start, area_end=p.area_end)
+                                                for p in self.stages])
+                out[layer] = part
+        return tuple(out)
 
     def pattern(self, depth: int) -> tuple[bool, ...]:
         """True for each layer that uses local attention."""
-        self.validate(depth)
-        if not self.is_local:
-            return (False,) * depth
+        return tuple(part is not None for part in self.layers(depth))
+
+    def _own_layers(self, depth: int) -> list[int]:
+        if not self.own_local:
+            return []
         if self.area_layers is not None:
-            chosen = set(self.area_layers)
-        else:
-            end = self.default_end(depth) if self.area_end is None else self.area_end
-            chosen = set(range(self.area_start, end))
-        return tuple(i in chosen for i in range(depth))
+            return sorted(set(self.area_layers))
+        end = self.default_end(depth) if self.area_end is None else self.area_end
+        return list(range(self.area_start, end))
 
     @staticmethod
     def default_end(depth: int) -> int:
@@ -121,6 +170,14 @@ class AttentionConfig:
 
     def validate(self, depth: int, grid: tuple[int, int, int] | None = None) -> None:
         """Raise ArgumentError naming the first bad field."""
+        self._validate_own(depth, grid)
+        for i, stage in enumerate(self.stages):
+            try:
+                stage.validate(depth, grid)
+            except ArgumentError as exc:
+                raise exc.within(f"stages.{i}.") from None
+
+    def _validate_own(self, depth: int, grid: tuple[int, int, int] | None) -> None:
         one_of(self.reorder, "reorder", REORDERS)
         if self.kind != "area":
             used = [n for n in AREA_SETTINGS if getattr(self, n) != AttentionConfig.__dataclass_fields__[n].default]
@@ -130,7 +187,7 @@ class AttentionConfig:
         one_of(self.backend, "backend", self.local_kind.BACKENDS)
         self._validate_spatial(grid)
         self.splits.validate(grid)
-        if grid is not None and self.is_local:
+        if grid is not None and self.own_local:
             self.local_kind.validate(grid)
         if self.area_layers is not None:
             bad = [i for i in self.area_layers if not 0 <= i < depth]

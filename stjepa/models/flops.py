@@ -44,20 +44,29 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def local_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> tuple[int, ...]:
-    """Query-key pairs per head over the batch when tokens at ``ids`` (B, N) use the model's
-    local attention (area, neighborhood, ...): one count per layout the local layers take in turn."""
-    return model.attention.local_kind.pairs(ids.cpu(), grid)
+def layer_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> list[int]:
+    """Query-key pairs per head over the batch in each layer when tokens at ``ids`` (B, N) run
+    through the model: all N^2 per sample in global layers, the kind's count in local layers
+    (each entry's layers take its layouts' counts in turn)."""
+    full = ids.shape[0] * ids.shape[1] ** 2
+    counts: dict[int, tuple[int, ...]] = {}
+    turns: dict[int, int] = {}
+    out = []
+    for part in model.layer_attention:
+        if part is None:
+            out.append(full)
+            continue
+        if id(part) not in counts:
+            counts[id(part)] = part.local_kind.pairs(ids.cpu(), grid)
+        turn = turns.get(id(part), 0)
+        out.append(counts[id(part)][turn % len(counts[id(part)])])
+        turns[id(part)] = turn + 1
+    return out
 
 
-def _blocks_flops(blocks: nn.ModuleList, pattern, width: int, tokens: int, full: int,
-                  local: tuple[int, ...]) -> Flops:
+def _blocks_flops(blocks: nn.ModuleList, width: int, tokens: int, full: int, pairs: list[int]) -> Flops:
     linear = 2.0 * tokens * sum(_linear_macs(b) for b in blocks)
-    pairs, j = [], 0
-    for is_local in pattern:
-        pairs.append(local[j % len(local)] if is_local else full)
-        j += is_local
-    return Flops(linear, 4.0 * width * sum(pairs), 4.0 * width * full * len(pattern))
+    return Flops(linear, 4.0 * width * sum(pairs), 4.0 * width * full * len(pairs))
 
 
 def patch_embed_flops(encoder: VisionTransformer, batch: int, grid: Grid) -> Flops:
@@ -78,9 +87,7 @@ def encoder_flops(
         ids = torch.arange(n).expand(batch, n)
     n_visible = ids.shape[1]
     full = batch * n_visible**2
-    local = local_pairs(ids, grid, encoder) if any(encoder.attention_pattern) else (full,)
-    tokens = batch * n_visible
-    blocks = _blocks_flops(encoder.blocks, encoder.attention_pattern, encoder.embed_dim, tokens, full, local)
+    blocks = _blocks_flops(encoder.blocks, encoder.embed_dim, batch * n_visible, full, layer_pairs(ids, grid, encoder))
     return patch_embed_flops(encoder, batch, grid) + blocks if embed else blocks
 
 
@@ -91,10 +98,9 @@ def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, mask
     n = ids.shape[1]
     width = predictor.predictor_embed.out_features
     full = batch * n**2
-    local = local_pairs(ids, grid, predictor) if any(predictor.attention_pattern) else (full,)
     io = 2.0 * (batch * masks_x.shape[1] * _linear_macs(predictor.predictor_embed)
                 + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
-    blocks = _blocks_flops(predictor.predictor_blocks, predictor.attention_pattern, width, batch * n, full, local)
+    blocks = _blocks_flops(predictor.predictor_blocks, width, batch * n, full, layer_pairs(ids, grid, predictor))
     return Flops(linear=io) + blocks
 
 

@@ -28,11 +28,13 @@ class AttentionLayoutMixin:
         return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
 
     def set_attention(self, attention: "AttentionConfig | dict | None") -> None:
-        """Choose the attention layout (validated against depth and grid); parameters are unaffected."""
+        """Choose the attention layout (validated against depth and grid); parameters are unaffected.
+        ``layer_attention`` holds, per layer, the entry whose local attention it uses (None: global)."""
         config = AttentionConfig.create(attention)
-        pattern = config.pattern(self.depth)
+        layers = config.layers(self.depth)
         config.validate(self.depth, self.default_grid)
-        self.attention, self.attention_pattern = config, pattern
+        self.attention, self.layer_attention = config, layers
+        self.attention_pattern = tuple(part is not None for part in layers)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -41,41 +43,70 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+Prepared = dict[int, tuple["Tensor | None", tuple]]
+
+
+def prepare_layouts(ids: Tensor, grid: Grid, layer_attention: Sequence[AttentionConfig | None]) -> Prepared:
+    """What :func:`run_blocks` does once per forward before the blocks: for every entry of
+    ``layer_attention`` (by ``id``), the token order its kind wants for tokens at ``ids`` (B, N)
+    (None: the given order) and the layouts its layers take in turn."""
+    prepared: Prepared = {}
+    for part in layer_attention:
+        if part is not None and id(part) not in prepared:
+            prepared[id(part)] = part.local_kind.prepare(ids, grid, part.backend)
+    return prepared
+
+
 def run_blocks(
     blocks: Sequence[nn.Module],
     x: Tensor,
     ids: Tensor,
     grid: Grid,
-    attention: AttentionConfig,
-    pattern: Sequence[bool],
+    layer_attention: Sequence[AttentionConfig | None],
     head_dim: int,
     sort_by_position: bool = False,
     activation_checkpointing: bool = False,
 ) -> Tensor:
     """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N).
 
-    Layers flagged in ``pattern`` use the layout's local attention (area, neighborhood, ...);
-    the others are global. The kind may reorder the tokens once per forward (area attention
-    sorts by area, then grid position); the output is in the caller's order either way.
+    Layers with an entry in ``layer_attention`` use that entry's local attention (area,
+    neighborhood, ...), the others are global. Each kind may want its own token order (area
+    attention sorts by area, then grid position): tokens are put in the first local kind's
+    order before the first block and reordered where the kind changes; positions (and RoPE
+    tables) travel with them. The output is in the caller's order either way.
     """
-    layouts, order = (), None
-    if any(pattern):  # the kind of local attention orders the tokens and builds what its layers need
-        order, layouts = attention.local_kind.prepare(ids, grid, attention.backend)
-    elif sort_by_position:
-        order = ids.argsort(dim=1)
-    if order is not None:
-        x, ids = gather_tokens(x, order), ids.gather(1, order)
-    t, h, w = grid_positions(ids, grid)
-    rope = RopeTables.from_positions(t, h, w, head_dim, _compute_dtype(x))
-    local_index = 0  # local layers take the kind's layouts in turn
-    for blk, is_local in zip(blocks, pattern):
-        layout = layouts[local_index % len(layouts)] if is_local else None
-        local_index += is_local
+    prepared = prepare_layouts(ids, grid, layer_attention)
+    first = next((prepared[id(p)][0] for p in layer_attention if p is not None), None)
+    order = ids.argsort(dim=1) if not prepared and sort_by_position else first
+    x, rope = _reordered(x, ids, grid, head_dim, None, order)
+    turns: dict[int, int] = {}  # an entry's layers take its layouts in turn
+    for blk, part in zip(blocks, layer_attention):
+        layout = None
+        if part is not None:
+            wanted, layouts = prepared[id(part)]
+            if wanted is not order:
+                x, rope = _reordered(x, ids, grid, head_dim, order, wanted)
+                order = wanted
+            turn = turns.get(id(part), 0)
+            layout, turns[id(part)] = layouts[turn % len(layouts)], turn + 1
         args = (x, rope, layout)
         if activation_checkpointing and torch.is_grad_enabled():
             x = checkpoint(blk, *args, use_reentrant=False)
         else:
             x = blk(*args)
-    if order is not None:
-        x = torch.empty_like(x).scatter_(1, order[..., None].expand_as(x), x)
-    return x
+    return _restored(x, order)
+
+
+def _restored(x: Tensor, order: Tensor | None) -> Tensor:
+    """Tokens ``x`` in permutation ``order`` of the caller's tokens, back in the caller's order."""
+    return x if order is None else torch.empty_like(x).scatter_(1, order[..., None].expand_as(x), x)
+
+
+def _reordered(x: Tensor, ids: Tensor, grid: Grid, head_dim: int, old: Tensor | None,
+               new: Tensor | None) -> tuple[Tensor, RopeTables]:
+    """Tokens in permutation ``old`` of the caller's tokens, put in permutation ``new``, and the
+    RoPE tables of their positions in that order."""
+    x = _restored(x, old)
+    if new is not None:
+        x, ids = gather_tokens(x, new), ids.gather(1, new)
+    return x, RopeTables.from_positions(*grid_positions(ids, grid), head_dim, _compute_dtype(x))

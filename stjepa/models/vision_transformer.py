@@ -148,8 +148,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             tokens,
             ids,
             grid,
-            self.attention,
-            self.attention_pattern,
+            self.layer_attention,
             self.head_dim,
             activation_checkpointing=self.use_activation_checkpointing and self.training,
         )

@@ -1,9 +1,11 @@
 """What the benchmark and profiling scripts share: named sizes and layouts, model settings from
-``conf/``, V-JEPA 2 masks, autocast, command-line arguments, CSV and plot output."""
+``conf/``, the pretraining module as train.py builds it, V-JEPA 2 masks, autocast, command-line
+arguments, CSV and plot output."""
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
 from pathlib import Path
 
 import torch
@@ -53,10 +55,12 @@ def attention_settings(layout: str, backend: str = "auto", predictor_area: bool 
 
 def model_settings(size: str = "vit_large", pred_depth: int | None = None, pred_width: int | None = None,
                    pred_heads: int | None = None, activation_checkpointing: bool = False, **encoder) -> dict:
-    """conf/model/<size>.yaml (predictor depth/width/heads included) with overrides."""
-    cfg = compose_train_config([f"model={size}"]) if (ROOT / "conf" / "model" / f"{size}.yaml").exists() else None
-    model = OmegaConf.to_container(cfg.model, resolve=True) if cfg is not None else {}
-    model.update(size=size, init_from=None, use_activation_checkpointing=activation_checkpointing)
+    """conf/model/<size>.yaml (predictor depth/width/heads included) with overrides; a size without
+    a file takes the default group's other keys, as ``train.py model.size=<size>`` does."""
+    has_file = (ROOT / "conf" / "model" / f"{size}.yaml").exists()
+    cfg = compose_train_config([f"model={size}" if has_file else f"model.size={size}"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.update(init_from=None, use_activation_checkpointing=activation_checkpointing)
     for key, value in dict(pred_depth=pred_depth, pred_embed_dim=pred_width, pred_num_heads=pred_heads,
                            **encoder).items():
         if value is not None:
@@ -137,8 +141,6 @@ def sizes_from_args(args, default: list[str]) -> list[str]:
     return sizes or default
 
 
-
-
 def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """train.py's config with ``overrides``, composed as train.py composes it (no run directory)."""
     from hydra import compose, initialize_config_dir
@@ -152,6 +154,21 @@ def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictCon
         return compose("train", overrides=list(overrides))
 
 
-def train_optim() -> dict:
-    """The ``optim`` group of train.py's default config (the one place its defaults live)."""
-    return OmegaConf.to_container(compose_train_config().optim, resolve=True)
+def build_pretrain_module(model: dict, attention: dict, crop: int, frames: int, compile: bool = False):
+    """``JEPAPretrainModule`` as train.py instantiates it, from ``cfg.module`` of the composed
+    config with ``model`` and ``attention`` set over their groups; ``optim`` is conf/train.yaml's."""
+    from ..config import instantiate_checked
+
+    cfg = compose_train_config([f"data.crop_size={crop}", f"data.frames_per_clip={frames}",
+                                f"compile={str(compile).lower()}"])
+    cfg.model = OmegaConf.merge(cfg.model, model)
+    cfg.attention = OmegaConf.merge(cfg.attention, attention)
+    return instantiate_checked(cfg.module, _convert_="all")
+
+
+def free_memory(device: torch.device) -> None:
+    """Release what earlier runs left (and reset the CUDA peak), so the next one starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)

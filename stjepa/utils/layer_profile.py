@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..model_config import build_encoder
-from .bench import attention_settings, autocast, draw_masks, pyplot
+from .bench import attention_settings, autocast, draw_masks, free_memory, pyplot
 from .timing import describe_device, git_commit, time_ms
 
 
@@ -106,8 +106,7 @@ def profile_layers(model: dict, layouts: list[str], crop: int, frames: int, batc
             print(f"{size:>10} {layout_name:>6} layer {i:>2} ({rows[-1]['backend']:>6}, N={rows[-1]['tokens']}): "
                   f"attention {attn:9.3f} ms  mlp {mlp:9.3f} ms", flush=True)
         del calls
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
     return rows
 
 
@@ -145,5 +144,3 @@ def plot_layers(rows: list[dict], out_dir) -> list[Path]:
         paths.append(path)
         print(f"wrote {path}")
     return paths
-
-

@@ -9,11 +9,14 @@ the config keys) with
   (B, N) of the tokens present, ``(order, layouts)``: the token order the layers run in (None:
   the caller's) and the layouts local layers hand to ``layout.attend(q, k, v)``, taken in turn
   (one layout for most kinds; shifted areas alternate two);
-- ``mask(ids, grid)``: the dense reference per layout, (B, N, N) booleans "query may see key";
+- ``mask(ids, grid)``: the dense reference per layout, (B, N, N) booleans "query may see key",
+  for kinds whose pattern the positions fix (a data-dependent kind such as ``topk_blocks``
+  builds its mask from q and k inside its layout's ``dense`` backend instead);
 - ``pairs(ids, grid)``: query-key pairs per head over the batch, per layout (FLOP counter);
 - ``tag``: a short name for run names; ``BACKENDS``: what ``backend`` may be.
 
 Modules here are found by name: adding a kind is a new module plus a preset in conf/attention/.
+Modules without ``KIND`` (``blocks``: block-sparse attention by gathering) are shared helpers.
 """
 from __future__ import annotations
 

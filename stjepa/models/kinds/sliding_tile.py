@@ -5,30 +5,124 @@ at the borders), so it is tile-granular: in a tile-sorted token order it is bloc
 is what FlexAttention's block mask exploits. With sparse (masked) tokens only the tokens
 present in those tiles count. Tile sizes must divide the grid.
 
-Backends as for neighborhood attention: ``dense`` (reference mask + SDPA), ``flex``; ``auto``
-picks flex on CUDA and dense on the CPU.
+Backends compute the same function:
+
+``dense``   the reference: an explicit (B, 1, N, N) mask and SDPA (O(N^2) memory)
+``flex``    FlexAttention with a block mask over the flattened batch (compiled on CUDA)
+``gather``  tokens packed per tile, every tile's window of tiles gathered into one key set, plain
+            SDPA (:mod:`.blocks`). With every token present (target encoder, probes) all tiles
+            are full, so there is no mask and no padding; with sparse tokens each tile is padded
+            to the fullest one (its size read to the host once per forward). It costs
+            wt * wh * ww copies of K and V.
+``auto``    ``gather`` when every token is present or on the CPU, else ``flex``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from functools import cached_property
+
+import torch
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
 from ..grid import Grid
-from .neighborhood import AXES, NeighborhoodKind, WindowLayout, cells_of, odd_window, window_mask, window_pairs
+from .blocks import attend_key_blocks
+from .neighborhood import (AXES, WindowLayout, axis_window_start, cells_of, odd_window, window_mask,
+                           window_pairs)
 
 NO_DILATION = (1, 1, 1)
 
 
+def tile_sizes(value: Sequence[int] | None, name: str) -> tuple[int, int, int]:
+    """Three positive tile sizes [t, h, w] in grid cells (the setting ``name``), else ArgumentError."""
+    if value is None or len(value) != 3:
+        raise ArgumentError(f"{{{name}}} must be three sizes [t, h, w] in grid cells.", **{name: value})
+    return tuple(positive_int(s, name) for s in value)
+
+
+def check_tiles(tile: Sequence[int], grid: Grid, name: str) -> Grid:
+    """The number of tiles per axis when ``tile`` (the setting ``name``) divides the grid, else
+    ArgumentError."""
+    for axis, size, length in zip(AXES, tile, grid):
+        if length % size:
+            raise ArgumentError(f"{{{name}}} does not divide the {length} cells of the {axis} axis; allowed "
+                                f"sizes there divide {length}.", **{name: list(tile)})
+    return tuple(length // size for length, size in zip(grid, tile))
+
+
+def tile_sorted(ids: Tensor, grid: Grid, tile: Sequence[int]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The permutation that sorts tokens at ``ids`` (B, N) by tile (t-major over tiles), then grid
+    position, so each tile is one run of the order; and the tokens' tile coordinates in that order."""
+    cells, tiles = cells_of(ids, grid, tile)
+    tile_id = (cells[0] * tiles[1] + cells[1]) * tiles[2] + cells[2]
+    order = (tile_id * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1)
+    return order, tuple(c.gather(1, order) for c in cells)
+
+
+class TileWindowLayout(WindowLayout):
+    """A window layout over tiles for tile-sorted tokens, with the ``gather`` backend besides
+    the window layout's ``dense`` and ``flex``."""
+
+    def __init__(self, tile_cells: tuple[Tensor, ...], tile: Sequence[int], grid: Grid, tile_window: Sequence[int],
+                 backend: str):
+        tiles = tuple(length // size for length, size in zip(grid, tile))
+        self.num_tiles, self.tile_volume = tiles[0] * tiles[1] * tiles[2], tile[0] * tile[1] * tile[2]
+        self.full = tile_cells[0].shape[1] == self.num_tiles * self.tile_volume  # every tile holds tile_volume
+        if backend == "auto":
+            backend = "gather" if self.full or tile_cells[0].device.type != "cuda" else "flex"
+        super().__init__(tile_cells, tiles, tile_window, NO_DILATION, backend)
+
+    @cached_property
+    def window_table(self) -> Tensor:
+        """(tiles, wt * wh * ww): the tiles in each tile's window (flat, t-major)."""
+        device = self.cells[0].device
+        members = [axis_window_start(torch.arange(n, device=device), n, k, 1)[:, None] + torch.arange(k, device=device)
+                   for n, k in zip(self.grid, self.window)]  # per axis: (tiles on the axis, k)
+        _, th, tw = self.grid
+        table = ((members[0][:, None, None, :, None, None] * th + members[1][None, :, None, None, :, None]) * tw
+                 + members[2][None, None, :, None, None, :])
+        return table.reshape(self.num_tiles, -1)
+
+    @cached_property
+    def _slots(self) -> tuple[Tensor, int, Tensor | None]:
+        """Slot of each token when tiles are packed C slots apart, C, and which slots hold tokens
+        (None when all do)."""
+        t, h, w = self.cells
+        B, N = t.shape
+        if self.full:  # tile-sorted and every tile full: token i sits in slot i
+            return torch.arange(N, device=t.device).expand(B, N), self.tile_volume, None
+        tile_id = (t * self.grid[1] + h) * self.grid[2] + w
+        counts = torch.zeros(B, self.num_tiles, dtype=torch.long, device=t.device).scatter_add_(
+            1, tile_id, torch.ones_like(tile_id))
+        width = int(counts.max())  # the layout's host sync
+        rank = torch.arange(N, device=t.device) - (counts.cumsum(1) - counts).gather(1, tile_id)
+        valid = torch.arange(width, device=t.device) < counts[..., None]
+        return tile_id * width + rank, width, valid
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.backend != "gather":
+            return super().attend(q, k, v)
+        slot, width, valid = self._slots
+        B, heads, N, D = q.shape
+        index = slot[:, None, :, None].expand(B, heads, N, D)
+
+        def pack(x: Tensor) -> Tensor:
+            if valid is None:
+                return x.view(B, heads, self.num_tiles, width, D)
+            return x.new_zeros(B, heads, self.num_tiles * width, D).scatter(2, index, x).view(
+                B, heads, self.num_tiles, width, D)
+
+        out = attend_key_blocks(pack(q), pack(k), pack(v), self.window_table, valid)
+        return out.reshape(B, heads, -1, D).gather(2, index)
+
+
 class SlidingTileKind:
     name = "sliding_tile"
-    BACKENDS = NeighborhoodKind.BACKENDS
+    BACKENDS = ("auto", "dense", "flex", "gather")
 
     def __init__(self, tile: Sequence[int], tile_window: Sequence[int]):
-        if tile is None or len(tile) != 3:
-            raise ArgumentError("{tile} must be three tile sizes [tt, th, tw] in grid cells.", tile=tile)
-        self.tile = tuple(positive_int(s, "tile") for s in tile)
+        self.tile = tile_sizes(tile, "tile")
         self.tile_window = odd_window(tile_window, "tile_window")
 
     @property
@@ -36,14 +130,11 @@ class SlidingTileKind:
         return f"sta{'x'.join(map(str, self.tile))}w{'x'.join(map(str, self.tile_window))}"
 
     def validate(self, grid: Grid) -> None:
-        for axis, size, length in zip(AXES, self.tile, grid):  # tiles first: the window is counted in them
-            if length % size:
-                raise ArgumentError(f"{{tile}} does not divide the {length} cells of the {axis} axis; allowed tile "
-                                    f"sizes there divide {length}.", tile=list(self.tile))
-        for axis, size, k, length in zip(AXES, self.tile, self.tile_window, grid):
-            if k > length // size:
-                raise ArgumentError(f"{{tile_window}} does not fit the {length // size} tiles of the {axis} axis; "
-                                    f"allowed window sizes there are odd and at most {length // size}.",
+        tiles = check_tiles(self.tile, grid, "tile")  # tiles first: the window is counted in them
+        for axis, k, count in zip(AXES, self.tile_window, tiles):
+            if k > count:
+                raise ArgumentError(f"{{tile_window}} does not fit the {count} tiles of the {axis} axis; "
+                                    f"allowed window sizes there are odd and at most {count}.",
                                     tile_window=list(self.tile_window))
 
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
@@ -57,11 +148,8 @@ class SlidingTileKind:
         """Tokens sorted by tile (t-major over tiles), then grid position: each tile is a run of
         the order, so the window over tiles is block-sparse."""
         one_of(backend, "backend", self.BACKENDS)
-        cells, tiles = cells_of(ids, grid, self.tile)
-        tile_id = (cells[0] * tiles[1] + cells[1]) * tiles[2] + cells[2]
-        order = (tile_id * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1)
-        sorted_cells = tuple(c.gather(1, order) for c in cells)
-        return order, (WindowLayout(sorted_cells, tiles, self.tile_window, NO_DILATION, backend),)
+        order, sorted_tiles = tile_sorted(ids, grid, self.tile)
+        return order, (TileWindowLayout(sorted_tiles, self.tile, grid, self.tile_window, backend),)
 
 
 KIND = SlidingTileKind

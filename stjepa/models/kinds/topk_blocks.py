@@ -1,0 +1,143 @@
+"""Top-k block attention (MoBA / VMoBA style): each query block picks the key blocks it attends to.
+
+Tokens are sorted by tile of ``block`` = (bt, bh, bw) grid cells (tiles t-major, then grid
+position) and that sequence is cut into blocks of bt * bh * bw tokens: on a full grid every
+block is one tile; with sparse (masked) tokens blocks are runs of the tile-sorted sequence, all
+full but the last. In every layer and head, a query block attends to its own block and to the
+``top_k`` other blocks whose mean key has the largest dot product with the block's mean query.
+The selection is computed without gradient (as in MoBA); attention inside the selected blocks
+is differentiated. A forward with fewer than ``top_k + 1`` blocks (few visible tokens) lets
+every block see every block.
+
+Backends compute the same function:
+
+``gather``  each query block's k + 1 key blocks gathered into one key set, plain SDPA on
+            (B, heads * blocks, block, dim): regular shapes, flash kernels on CUDA, k + 1 copies
+            of K and V in memory. ``auto`` picks it everywhere.
+``dense``   the reference: an explicit (B, heads, N, N) mask from the selection, SDPA.
+``flex``    FlexAttention with a block mask built from the selection in every layer (compiled
+            on CUDA); no copies, but a block mask per layer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..arguments import ArgumentError, one_of, positive_int
+from ..grid import Grid
+from .blocks import attend_key_blocks
+from .sliding_tile import check_tiles, tile_sizes, tile_sorted
+
+
+class TopkBlockLayout:
+    """Blocks of ``block_size`` consecutive tokens (in the order attention runs in) for one
+    forward; ``attend`` selects and attends per layer."""
+
+    def __init__(self, tokens: int, block_size: int, top_k: int, backend: str):
+        self.tokens, self.block_size = tokens, block_size
+        self.num_blocks = -(-tokens // block_size)
+        self.chosen = min(top_k, self.num_blocks - 1) + 1  # own block first, then the top k
+        self.backend = "gather" if backend == "auto" else backend
+
+    def _blocks(self, x: Tensor) -> Tensor:
+        """(B, heads, N, D) -> (B, heads, blocks, block_size, D), the last block zero-padded."""
+        pad = self.num_blocks * self.block_size - self.tokens
+        return F.pad(x, (0, 0, 0, pad)).unflatten(2, (self.num_blocks, self.block_size))
+
+    def _valid(self, device: torch.device) -> Tensor:
+        """(blocks, block_size): which slots hold tokens."""
+        slots = torch.arange(self.num_blocks * self.block_size, device=device)
+        return (slots < self.tokens).view(self.num_blocks, self.block_size)
+
+    def select(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, heads, blocks, k + 1) key blocks of every query block: its own, then the top k by
+        mean query . mean key."""
+        with torch.no_grad():
+            sizes = self._valid(q.device).sum(1, dtype=torch.float32)[:, None]
+            q_mean = self._blocks(q).float().sum(3) / sizes
+            k_mean = self._blocks(k).float().sum(3) / sizes
+            score = q_mean @ k_mean.transpose(-1, -2)
+            score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+            return score.topk(self.chosen, dim=-1).indices
+
+    def block_mask(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, heads, blocks, blocks): query block may see key block."""
+        chosen = self.select(q, k)
+        return torch.zeros(*chosen.shape[:-1], self.num_blocks, dtype=torch.bool, device=q.device).scatter_(
+            -1, chosen, True)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _BACKEND_FNS[self.backend](self, q, k, v)
+
+
+def _gather(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    B, heads, N, D = q.shape
+    valid = layout._valid(q.device)[None] if N % layout.block_size else None  # the last block's empty slots
+    out = attend_key_blocks(layout._blocks(q), layout._blocks(k), layout._blocks(v), layout.select(q, k), valid)
+    return out.reshape(B, heads, -1, D)[:, :, :N]
+
+
+def _dense(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    block_of = torch.arange(q.shape[2], device=q.device) // layout.block_size
+    seen = layout.block_mask(q, k)[:, :, block_of][:, :, :, block_of]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+
+
+def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from ..area import flex_attention_for
+
+    seen, size = layout.block_mask(q, k), layout.block_size
+
+    def selected(b, head, q_idx, kv_idx):
+        return seen[b, head, q_idx // size, kv_idx // size]
+
+    B, heads, N, _ = q.shape
+    mask = create_block_mask(selected, B, heads, N, N, device=q.device)
+    return flex_attention_for(q.device)(q, k, v, block_mask=mask)
+
+
+_BACKEND_FNS = {"gather": _gather, "dense": _dense, "flex": _flex}
+
+
+class TopkBlocksKind:
+    name = "topk_blocks"
+    BACKENDS = ("auto", *_BACKEND_FNS)
+
+    def __init__(self, block: Sequence[int], top_k: int):
+        self.block = tile_sizes(block, "block")
+        self.top_k = positive_int(top_k, "top_k")
+
+    @property
+    def block_size(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+    @property
+    def tag(self) -> str:
+        return f"topk{'x'.join(map(str, self.block))}k{self.top_k}"
+
+    def validate(self, grid: Grid) -> None:
+        tiles = check_tiles(self.block, grid, "block")
+        blocks = tiles[0] * tiles[1] * tiles[2]
+        if self.top_k >= blocks:
+            raise ArgumentError(f"{{top_k}} is not fewer than the {blocks} blocks of the grid; allowed values are "
+                                f"1..{blocks - 1} (each block also sees itself).", top_k=self.top_k)
+
+    def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
+        """Query-key pairs computed per head over the batch, counting every chosen block as full
+        (only the last block of a forward can hold fewer tokens)."""
+        B, N = ids.shape
+        blocks = -(-N // self.block_size)
+        return (B * N * min(N, (min(self.top_k, blocks - 1) + 1) * self.block_size),)
+
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[TopkBlockLayout]]:
+        one_of(backend, "backend", self.BACKENDS)
+        order, _ = tile_sorted(ids, grid, self.block)
+        return order, (TopkBlockLayout(ids.shape[1], self.block_size, self.top_k, backend),)
+
+
+KIND = TopkBlocksKind
