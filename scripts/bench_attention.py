@@ -24,6 +24,7 @@ import torch
 from stjepa.models import AttentionConfig
 from stjepa.models.area import area_index, attend
 from stjepa.models.grid import grid_positions
+from stjepa.models.kinds import DENSE_MAX_TOKENS
 from stjepa.models.layers import Block
 from stjepa.models.rope import RopeTables
 from stjepa.utils.bench import free_memory, write_csv
@@ -48,7 +49,6 @@ LAYOUTS = {
     "topk2x4x4": dict(kind="topk_blocks", block=[2, 4, 4], top_k=7),
 }
 HEADS, HEAD_DIM = 16, 64
-DENSE_MAX_TOKENS = 8192  # the dense reference materialises (heads, N, N) scores beyond this
 
 
 def layout_config(name: str, backend: str = "auto") -> AttentionConfig | None:

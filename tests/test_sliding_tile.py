@@ -55,13 +55,13 @@ def test_backends_on_tile_sorted_tokens_match_the_reference(backend, keep):
     assert_same_attention(layout.attend(q, k, v), expected, q, k, v)
 
 
-def test_auto_gathers_on_the_cpu_and_without_padding_on_a_full_grid():
+def test_gather_pads_only_sparse_tokens_and_auto_is_dense_on_a_small_cpu_grid():
     grid, tile, tile_window = CASES[0]
     kind = SlidingTileKind(tile, tile_window)
-    _, (full,) = kind.prepare(torch.arange(256)[None], grid)
-    _, (sparse,) = kind.prepare(sparse_ids(grid, 1, 60, seed=4), grid)
-    assert (full.backend, sparse.backend) == ("gather", "gather")
+    _, (full,) = kind.prepare(torch.arange(256)[None], grid, "gather")
+    _, (sparse,) = kind.prepare(sparse_ids(grid, 1, 60, seed=4), grid, "gather")
     assert full._slots[2] is None and sparse._slots[2] is not None
+    assert kind.prepare(torch.arange(256)[None], grid)[1][0].backend == "dense"
     # the window table against the listed windows: tile (0, 0, 0) sees h, w tiles 0..2 of t tile 0
     assert sorted(full.window_table[0].tolist()) == [h * 4 + w for h in range(3) for w in range(3)]
 

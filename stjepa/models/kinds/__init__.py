@@ -23,6 +23,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+# beyond this many tokens the dense reference's (heads, N, N) scores outgrow a CPU's memory
+DENSE_MAX_TOKENS = 8192
+
 
 def find_kinds() -> dict[str, type]:
     """name -> KIND class of every module in this package."""

@@ -13,8 +13,9 @@ Backends compute the same function:
             SDPA (:mod:`.blocks`). With every token present (target encoder, probes) all tiles
             are full, so there is no mask and no padding; with sparse tokens each tile is padded
             to the fullest one (its size read to the host once per forward). It costs
-            wt * wh * ww copies of K and V.
-``auto``    ``gather`` when every token is present or on the CPU, else ``flex``.
+            wt * wh * ww copies of K and V, which on the CPU makes it slower than the dense path
+            at the published sizes (BENCHMARKS.md); it is the path that fits where dense does not.
+``auto``    ``flex`` on CUDA; on the CPU ``dense`` up to ``DENSE_MAX_TOKENS`` tokens, else ``gather``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
 from ..grid import Grid
+from . import DENSE_MAX_TOKENS
 from .blocks import attend_key_blocks
 from .neighborhood import (AXES, WindowLayout, axis_window_start, cells_of, odd_window, window_mask,
                            window_pairs)
@@ -70,7 +72,8 @@ class TileWindowLayout(WindowLayout):
         self.num_tiles, self.tile_volume = tiles[0] * tiles[1] * tiles[2], tile[0] * tile[1] * tile[2]
         self.full = tile_cells[0].shape[1] == self.num_tiles * self.tile_volume  # every tile holds tile_volume
         if backend == "auto":
-            backend = "gather" if self.full or tile_cells[0].device.type != "cuda" else "flex"
+            cpu_choice = "dense" if tile_cells[0].shape[1] <= DENSE_MAX_TOKENS else "gather"
+            backend = "flex" if tile_cells[0].device.type == "cuda" else cpu_choice
         super().__init__(tile_cells, tiles, tile_window, NO_DILATION, backend)
 
     @cached_property
