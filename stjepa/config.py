@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.masks import MaskSpec
 from .errors import ConfigError, UserError
+from .losses import ContextLoss
 from .model_config import build_encoder, build_predictor
 from .models.arguments import ArgumentError, one_of, positive_int
 from .optim import LR_SCHEDULES
@@ -91,6 +92,16 @@ def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: 
                           f"a train.py .ckpt.")
 
 
+def check_loss(loss: DictConfig | None) -> None:
+    """The ``loss`` group (V-JEPA 2.1's context term)."""
+    if loss is None:
+        raise ConfigError("loss must hold context_weight, context_ramp and distance_weighting (see conf/train.yaml).")
+    try:
+        ContextLoss(loss.get("context_weight"), plain(loss.get("context_ramp")), loss.get("distance_weighting"))
+    except ArgumentError as exc:
+        raise ConfigError(exc.render(lambda name: f"loss.{name}")) from None
+
+
 def check_required(cfg: DictConfig) -> None:
     """Keys marked ??? in the YAML that the command line did not set."""
     missing = sorted(key for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key))
@@ -139,6 +150,7 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"optim.{key} must be a number >= 0, got {optim[key]!r}.")
     if len(optim.ema) != 2 or not all(0.0 <= m <= 1.0 for m in optim.ema):
         raise ConfigError(f"optim.ema must be [start, end] momenta in [0, 1], got {list(optim.ema)}.")
+    check_loss(cfg.get("loss"))
     max_steps = check_int(trainer.get("max_steps", -1), "trainer.max_steps", -1)
     max_epochs = check_int(-1 if trainer.get("max_epochs") is None else trainer.max_epochs, "trainer.max_epochs", -1)
     if max_steps <= 0 and max_epochs <= 0:

@@ -26,7 +26,7 @@ ENCODER_ARGS = frozenset(inspect.signature(VisionTransformer).parameters) | {"si
 # model-group key -> predictor argument (the predictor's own width and depth carry a pred_ prefix)
 PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim", "pred_num_heads": "num_heads",
                   "num_mask_tokens": "num_mask_tokens", "zero_init_mask_tokens": "zero_init_mask_tokens",
-                  "use_activation_checkpointing": "use_activation_checkpointing"}
+                  "use_activation_checkpointing": "use_activation_checkpointing", "version": "version"}
 # encoder arguments that come from the data group
 DATA_KEYS = {"img_size": "data.crop_size", "num_frames": "data.frames_per_clip"}
 

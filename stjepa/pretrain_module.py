@@ -1,5 +1,6 @@
 """JEPA pretraining as a LightningModule: context encoder + predictor regress the layer-normed
-features of an EMA target encoder at masked positions (V-JEPA 2).
+features of an EMA target encoder at masked positions (V-JEPA 2; with ``model.version=2.1``
+every level, and the context tokens too, as V-JEPA 2.1 does: :mod:`stjepa.losses`).
 
 The module holds the three networks, the training and validation steps, the loss and the
 optimizer. Around it: schedules in :mod:`stjepa.optim`, the non-finite policy, FLOP and
@@ -17,14 +18,9 @@ from torch import Tensor
 
 from .model_config import build_encoder, build_predictor
 from .models.grid import gather_tokens, token_grid
+from .losses import ContextLoss, context_weights, jepa_loss, level_norm
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
-
-
-def jepa_loss(predictions: list[Tensor], targets: list[Tensor], loss_exp: float = 1.0) -> Tensor:
-    """mean |pred - target|^p / p per mask set, averaged over mask sets (p = 1: L1)."""
-    per_set = [(p - t).abs().pow(loss_exp).mean() / loss_exp for p, t in zip(predictions, targets)]
-    return torch.stack(per_set).mean()
 
 
 def feature_std(features: Tensor) -> Tensor:
@@ -45,14 +41,20 @@ class JEPAPretrainModule(L.LightningModule):
         frames_per_clip: int,
         crop_size: int,
         compile: bool = False,
+        loss: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.optim = OptimSettings(**optim)
+        self.context_loss = None if loss is None else ContextLoss(
+            loss["context_weight"], loss["context_ramp"], loss["distance_weighting"])
         self.encoder = build_encoder(model, attention, crop_size, frames_per_clip)
         self.predictor = build_predictor(model, attention, self.encoder)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
+        if self.encoder.version == "2.1" and self.context_loss is None:
+            raise ValueError("a V-JEPA 2.1 model needs the loss settings (context_weight, context_ramp, "
+                             "distance_weighting).")
         if model.get("init_from"):
             load_pretraining_weights(model["init_from"], self.encoder, self.predictor, self.target_encoder)
         self.compile_models = compile
@@ -85,24 +87,44 @@ class JEPAPretrainModule(L.LightningModule):
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
     # -- steps -----------------------------------------------------------------------------
-    def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor]:
+    def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor, dict[str, Tensor]]:
+        """Loss, context features, target features and the loss terms to log (2.1: pred, ctx, lambda)."""
         clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
+        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
+        if self.encoder.version == "2.1":
+            return self._deep_step(clips, masks_enc, masks_pred, grid)
         with torch.no_grad():
             h = self.target_encoder(clips)
             h = F.layer_norm(h, (h.shape[-1],))
             targets = [gather_tokens(h, m) for m in masks_pred]
         z = self.encoder(clips, masks_enc)
-        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
         preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid)
         loss = jepa_loss(preds, targets, self.optim.loss_exp)
-        return loss, z, h
+        return loss, z, h, {}
+
+    def _deep_step(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
+        """V-JEPA 2.1: every level predicted at the targets and at the context tokens."""
+        levels = self.encoder.num_levels
+        with torch.no_grad():
+            h = level_norm(self.target_encoder(clips, levels="all"), levels)
+        z = self.encoder(clips, masks_enc, levels="all")
+        preds, context_preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, return_context=True)
+        loss_pred = jepa_loss(preds, [gather_tokens(h, m) for m in masks_pred], self.optim.loss_exp)
+        weights = None
+        if self.context_loss.distance_weighting:
+            weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]
+        loss_ctx = jepa_loss(context_preds, [gather_tokens(h, m) for m in masks_enc], self.optim.loss_exp, weights)
+        lam = self.context_loss.weight_at(self.global_step)
+        terms = {"loss_pred": loss_pred.detach(), "loss_ctx": loss_ctx.detach(), "lambda": torch.tensor(lam)}
+        return loss_pred + lam * loss_ctx, z, h, terms
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         values = self.schedule()
         apply_schedule(self.optimizers().optimizer, values)
-        loss, z, _ = self.shared_step(batch)
+        loss, z, _, terms = self.shared_step(batch)
         B = batch["video"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=B)
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
                        "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
                        "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
@@ -112,7 +134,8 @@ class JEPAPretrainModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, z, _ = self.shared_step(batch)
+        loss, z, _, terms = self.shared_step(batch)
         B = batch["video"].shape[0]
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
+        self.log_dict({f"val/{k}": v for k, v in terms.items() if k != "lambda"}, sync_dist=True, batch_size=B)
         self.log("val/feature_std", feature_std(z[0]), sync_dist=True, batch_size=B)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .config import check_common, check_int, check_machine, instantiate_checked
+from .config import check_common, check_int, check_machine, instantiate_checked, plain
 from .errors import ConfigError
 from .loggers import build_loggers, close_loggers, flat_config
 from .models import ArgumentError
@@ -68,7 +68,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("fit")
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
                                 cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
-                                cfg.probe.final_lr_fraction, cfg.probe.label_smoothing)
+                                cfg.probe.final_lr_fraction, cfg.probe.label_smoothing,
+                                plain(cfg.probe.get("levels")))
     except ArgumentError as exc:  # the probe heads' settings (probe.num_heads vs the encoder width)
         raise ConfigError(exc.render(lambda arg: f"probe.{arg}")) from None
     loggers = build_loggers(cfg)

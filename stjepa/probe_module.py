@@ -34,15 +34,18 @@ class MultiHeadProbe(L.LightningModule):
         warmup_fraction: float = 0.1,
         final_lr_fraction: float = 0.0,
         label_smoothing: float = 0.0,
+        levels: str | Sequence[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder.requires_grad_(False).eval()
+        self.levels = encoder.check_levels(levels)  # 2.1 encoders: which levels the heads see
         self.grid = [(float(lr), float(wd)) for lr, wd in itertools.product(lrs, weight_decays)]
         if not self.grid:
             raise ValueError("probe.lrs and probe.weight_decays must each hold at least one value.")
         self.heads = nn.ModuleList(
-            AttentiveClassifier(encoder.embed_dim, num_classes, num_heads, num_probe_blocks) for _ in self.grid
+            AttentiveClassifier(encoder.embed_dim * len(self.levels), num_classes, num_heads, num_probe_blocks)
+            for _ in self.grid
         )
         self.num_classes = num_classes
         self.top1 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in self.grid)
@@ -62,7 +65,7 @@ class MultiHeadProbe(L.LightningModule):
         views = video.shape[1] if video.dim() == 6 else 1
         clips = video.flatten(0, 1) if video.dim() == 6 else video
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            tokens = self.encoder(clips)
+            tokens = self.encoder(clips, levels=list(self.levels))
         return tokens.float(), views
 
     def configure_optimizers(self):

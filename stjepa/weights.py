@@ -1,8 +1,10 @@
 """Model weights in files: the two formats stjepa reads, strict loading, and the official export.
 
-- An official V-JEPA 2 ``.pt`` is a dict with ``encoder``, ``predictor`` and
+- An official V-JEPA 2 or 2.1 ``.pt`` is a dict with ``encoder``, ``predictor`` and
   ``target_encoder`` state dicts (plus optimizer state and counters); parameters carry a
-  ``module.backbone.`` prefix from the DDP and multi-mask wrappers of the training code.
+  ``module.backbone.`` prefix from the DDP and multi-mask wrappers of the training code. The
+  distilled 2.1 ViT-B/L hub files hold their encoder as ``ema_encoder`` (read as the target
+  encoder). A 2.1 encoder is told by its ``norms_block`` (2.0: one final ``norm``).
 - A ``train.py`` ``.ckpt`` is a Lightning checkpoint of the pretraining module: ``state_dict``
   with ``encoder.``, ``predictor.`` and ``target_encoder.`` prefixes, and the module's
   ``hyper_parameters`` (the arguments of :func:`~stjepa.model_config.build_encoder`), from
@@ -84,6 +86,28 @@ def count_mask_tokens(state: Mapping[str, Any]) -> int:
     return sum(1 for k in state if k.startswith("mask_tokens."))
 
 
+def state_version(state: Mapping[str, Any]) -> str:
+    """'2.1' for a V-JEPA 2.1 encoder or predictor state dict, else '2.0'."""
+    return "2.1" if any(k.startswith(("norms_block.", "video_mod_embed")) for k in state) else "2.0"
+
+
+def check_version(path: str | os.PathLike, key: str, state: Mapping[str, Any], module: nn.Module) -> None:
+    """A file's network against the model's version, in one sentence naming both."""
+    found, wanted = state_version(state), getattr(module, "version", "2.0")
+    if found != wanted:
+        raise CheckpointError(f"{key!r} in {str(path)!r} is a V-JEPA {found} network but the model is V-JEPA "
+                              f"{wanted}; set model.version={found} to load it.")
+
+
+def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
+    """Predictor arguments a 2.1 state dict fixes: levels, target width, context head, mask tokens."""
+    fused = state.get("predictor_embed.0.weight")
+    levels = 1 if fused is None else fused.shape[1] // embed_dim
+    out = state["predictor_proj.weight"].shape[0] // levels
+    return dict(version="2.1", levels=levels, out_embed_dim=None if out == embed_dim else out,
+                predict_context="predictor_proj_context.weight" in state)
+
+
 def load_official(
     path: str | os.PathLike,
     size: str = "vit_large",
@@ -91,14 +115,20 @@ def load_official(
     predictor: Mapping[str, Any] | None = None,
     keys: tuple[str, ...] = OFFICIAL_KEYS,
 ) -> dict[str, nn.Module]:
-    """Build modules from an official V-JEPA 2 ``.pt`` and load its weights strictly.
+    """Build modules from an official V-JEPA 2 or 2.1 ``.pt`` and load its weights strictly.
 
     ``size`` names the encoder size; ``encoder`` holds constructor overrides (img_size,
     num_frames, attention, ...); ``predictor`` holds predictor arguments (depth,
     predictor_embed_dim, num_heads, attention, ...; ``num_mask_tokens`` defaults to the
-    number stored in the file). Returns a dict with the requested ``keys``.
+    number stored in the file). The version, and a 2.1 predictor's levels, target width and
+    context head, come from the file. The 2.1 hub builds its predictor without
+    ``interpolate_rope`` (its training did not): pass ``predictor=dict(interpolate_rope=False)``
+    to reproduce the hub's predictor. Returns a dict with the requested ``keys``
+    (``target_encoder`` is read from ``ema_encoder`` in the distilled 2.1 files).
     """
     ckpt = read_checkpoint(path)
+    if "ema_encoder" in ckpt and "target_encoder" not in ckpt:
+        ckpt = {**ckpt, "target_encoder": ckpt["ema_encoder"]}
     absent = [k for k in keys if k not in ckpt]
     if absent:
         raise CheckpointError(
@@ -108,13 +138,16 @@ def load_official(
     for key in keys:
         state = strip_prefixes(ckpt[key])
         if key == "predictor":
-            kwargs = {"num_mask_tokens": count_mask_tokens(state) or 10, **dict(predictor or {})}
-            kwargs.setdefault("embed_dim", (encoder or {}).get("embed_dim") or encoder_width(size))
+            width = (encoder or {}).get("embed_dim") or encoder_width(size)
+            found = predictor_shape(state, width) if state_version(state) == "2.1" else {}
+            kwargs = {"num_mask_tokens": count_mask_tokens(state) or 10, **found, **dict(predictor or {})}
+            kwargs.setdefault("embed_dim", width)
             kwargs.setdefault("img_size", (encoder or {}).get("img_size", 224))
             kwargs.setdefault("num_frames", (encoder or {}).get("num_frames", 16))
             module: nn.Module = VisionTransformerPredictor(**kwargs)
         else:
-            module = vit(size, **dict(encoder or {}))
+            module = vit(size, **{"version": state_version(state), **dict(encoder or {})})
+        check_version(path, key, state, module)
         load_strict(module, state, f"{key!r} in {str(path)!r}")
         modules[key] = module
     return modules
@@ -169,10 +202,12 @@ def read_weights(path: str | os.PathLike) -> Weights:
         parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
                  for name in OFFICIAL_KEYS}
         return Weights(str(path), parts, dict(ckpt.get("hyper_parameters") or {}))
-    if not any(k in ckpt for k in OFFICIAL_KEYS):
+    if not any(k in ckpt for k in (*OFFICIAL_KEYS, "ema_encoder")):
         raise CheckpointError(f"checkpoint file {str(path)!r} is neither a V-JEPA 2 checkpoint (keys encoder, "
                               f"predictor, target_encoder) nor a train.py checkpoint (key state_dict); it has "
                               f"{', '.join(map(str, list(ckpt)[:8]))}.")
+    if "ema_encoder" in ckpt and "target_encoder" not in ckpt:  # the distilled 2.1 ViT-B/L hub files
+        ckpt = {**ckpt, "target_encoder": ckpt["ema_encoder"]}
     return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None)
 
 
@@ -181,11 +216,13 @@ def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predic
     """Start (or anneal) from a file's weights: the encoder, the predictor when the file has
     one, and the target encoder (the encoder's weights when the file has no target)."""
     weights = read_weights(path)
-    load_strict(encoder, weights.part("encoder"), f"'encoder' in {str(path)!r}")
-    if weights.parts.get("predictor"):
-        load_strict(predictor, weights.parts["predictor"], f"'predictor' in {str(path)!r}")
-    target = weights.parts.get("target_encoder") or weights.part("encoder")
-    load_strict(target_encoder, target, f"'target_encoder' in {str(path)!r}")
+    parts = {"encoder": weights.parts.get("encoder") or weights.part("target_encoder"),
+             "predictor": weights.parts.get("predictor"),
+             "target_encoder": weights.parts.get("target_encoder") or weights.part("encoder")}
+    for key, module in (("encoder", encoder), ("predictor", predictor), ("target_encoder", target_encoder)):
+        if parts[key]:
+            check_version(path, key, parts[key], module)
+            load_strict(module, parts[key], f"{key!r} in {str(path)!r}")
 
 
 def encoder_shape(state: Mapping[str, torch.Tensor]) -> tuple[int, int, str | None] | None:
@@ -243,6 +280,7 @@ def load_encoder(
     else:
         check_encoder_size(path, state, dict(model or {}))
         encoder = build_encoder(dict(model or {}), attention, crop_size or 224, frames_per_clip or 16)
+    check_version(path, key, state, encoder)
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")
     return encoder

@@ -96,9 +96,10 @@ def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, mask
     batch = masks_x.shape[0]
     ids = torch.cat([masks_x, masks_y], 1)
     n = ids.shape[1]
-    width = predictor.predictor_embed.out_features
+    width = predictor.predictor_norm.normalized_shape[0]
     full = batch * n**2
-    io = 2.0 * (batch * masks_x.shape[1] * _linear_macs(predictor.predictor_embed)
+    context_out = 0 if predictor.predictor_proj_context is None else _linear_macs(predictor.predictor_proj_context)
+    io = 2.0 * (batch * masks_x.shape[1] * (_linear_macs(predictor.predictor_embed) + context_out)
                 + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
     blocks = _blocks_flops(predictor.predictor_blocks, width, batch * n, full, layer_pairs(ids, grid, predictor))
     return Flops(linear=io) + blocks

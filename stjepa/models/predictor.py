@@ -9,17 +9,27 @@ from torch import Tensor
 
 from .attention_config import AttentionConfig
 from .layers import Block
-from .arguments import ArgumentError
+from .arguments import ArgumentError, one_of, positive_int
 from .grid import Grid, check_indices
 from .stack import AttentionLayoutMixin, run_blocks
+from .versions import LEVELS, check_version, rope_style
 from .vision_transformer import init_weights, rescale_residual_branches
+
+MODALITIES = ("video", "image")
 
 
 class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
     """Embed context features to the predictor width, append a learnable mask token at each
     target position, run the blocks over context + targets (ordered by grid position, or by
     area then grid position with area layers), and project the targets back to encoder width.
-    Fully vectorized over the batch."""
+    Fully vectorized over the batch.
+
+    ``version='2.1'`` builds the V-JEPA 2.1 predictor: context features hold ``levels`` encoder
+    levels concatenated (4 x ``embed_dim``), fused by Linear(4D, D), GELU, Linear(D, P) (one
+    Linear for 1 level); modality embeddings are added to every token; ``predictor_proj`` (and,
+    with ``predict_context``, ``predictor_proj_context`` for the context tokens) predicts
+    ``levels`` x ``out_embed_dim`` features (``out_embed_dim``: the target width, e.g. a
+    distillation teacher's; default ``embed_dim``)."""
 
     def __init__(
         self,
@@ -42,8 +52,20 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         zero_init_mask_tokens: bool = True,
         attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
+        version: str = "2.0",
+        levels: int | None = None,
+        out_embed_dim: int | None = None,
+        predict_context: bool | None = None,
+        interpolate_rope: bool | None = None,
     ):
         super().__init__()
+        self.version = check_version(version)
+        self.rope_style = rope_style(self.version, interpolate_rope)
+        v21 = self.version == "2.1"
+        self.levels = positive_int(LEVELS if levels is None and v21 else 1 if levels is None else levels, "levels")
+        if not v21 and (self.levels != 1 or out_embed_dim is not None or predict_context):
+            raise ArgumentError("{version} predictors have one level, the encoder's width and no context output; "
+                                "levels, out_embed_dim and predict_context are V-JEPA 2.1 settings.", version=version)
         if predictor_embed_dim % num_heads:
             raise ArgumentError("{predictor_embed_dim} is not divisible by {num_heads}.",
                                 predictor_embed_dim=predictor_embed_dim, num_heads=num_heads)
@@ -53,7 +75,11 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         self.head_dim = predictor_embed_dim // num_heads
         self.use_activation_checkpointing = use_activation_checkpointing
 
-        self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
+        if self.levels > 1:
+            self.predictor_embed = nn.Sequential(nn.Linear(self.levels * embed_dim, embed_dim), nn.GELU(),
+                                                 nn.Linear(embed_dim, predictor_embed_dim))
+        else:
+            self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_tokens = nn.ParameterList(
             nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)
         )
@@ -63,9 +89,17 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
             for i in range(depth)
         )
         self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
-        self.predictor_proj = nn.Linear(predictor_embed_dim, embed_dim)
+        out_width = self.levels * (embed_dim if out_embed_dim is None else positive_int(out_embed_dim, "out_embed_dim"))
+        self.predictor_proj = nn.Linear(predictor_embed_dim, out_width)
+        self.predictor_proj_context = nn.Linear(predictor_embed_dim, out_width) if v21 and predict_context is not False else None
+        if v21:
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
+            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.predictor_blocks)
+        if v21:
+            nn.init.normal_(self.video_mod_embed, std=1e-6)
+            nn.init.normal_(self.img_mod_embed, std=1e-6)
         if not zero_init_mask_tokens:
             for token in self.mask_tokens:
                 nn.init.trunc_normal_(token, std=init_std)
@@ -82,29 +116,42 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         masks_y: Tensor | list[Tensor],
         mask_index: int | Sequence[int] = 0,
         grid: Grid | None = None,
-    ) -> Tensor | list[Tensor]:
+        modality: str = "video",
+        return_context: bool = False,
+    ) -> Tensor | list[Tensor] | tuple:
         """Predict target features.
 
         ``x`` (B, Nc, D) are context features at flat grid indices ``masks_x`` (B, Nc);
         ``masks_y`` (B, Nt) are the target indices. Returns (B, Nt, D) in the order of
         ``masks_y``. Lists (one entry per mask set) give a list; ``mask_index`` is then one
-        index for all sets (what V-JEPA 2 training does) or one per set.
+        index for all sets (what V-JEPA 2 training does) or one per set. 2.1: ``modality``
+        ('video' or 'image') picks the modality embedding; ``return_context`` returns
+        (target predictions, context predictions), each a tensor or a list as above.
         """
         grid = grid or self.default_grid
         self.attention.validate_grid(grid)
+        one_of(modality, "modality", MODALITIES)
+        if return_context and self.predictor_proj_context is None:
+            raise ArgumentError("{return_context} needs a V-JEPA 2.1 predictor built with predict_context.",
+                                return_context=return_context)
         if isinstance(x, (list, tuple)):
             check_indices([*masks_x, *masks_y], grid, "context or target mask")
             indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)
-            return [self._predict(*args, grid) for args in zip(x, masks_x, masks_y, indices)]
+            outs = [self._predict(*args, grid, modality) for args in zip(x, masks_x, masks_y, indices)]
+            return ([o[0] for o in outs], [o[1] for o in outs]) if return_context else [o[0] for o in outs]
         check_indices([masks_x, masks_y], grid, "context or target mask")
-        return self._predict(x, masks_x, masks_y, mask_index, grid)
+        out = self._predict(x, masks_x, masks_y, mask_index, grid, modality)
+        return out if return_context else out[0]
 
-    def _predict(self, x: Tensor, masks_x: Tensor, masks_y: Tensor, mask_index: int, grid: Grid) -> Tensor:
+    def _predict(self, x: Tensor, masks_x: Tensor, masks_y: Tensor, mask_index: int, grid: Grid,
+                 modality: str) -> tuple[Tensor, Tensor | None]:
         B, n_ctx, _ = x.shape
         context = self.predictor_embed(x)
         token = self.mask_tokens[mask_index % len(self.mask_tokens)]
         targets = token.to(context.dtype).expand(B, masks_y.shape[1], -1)
         tokens = torch.cat([context, targets], dim=1)
+        if self.version == "2.1":  # on every token, mask tokens included
+            tokens = tokens + (self.img_mod_embed if modality == "image" else self.video_mod_embed)
         ids = torch.cat([masks_x, masks_y], dim=1)
         out = run_blocks(
             self.predictor_blocks,
@@ -115,5 +162,8 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
             self.head_dim,
             sort_by_position=True,
             activation_checkpointing=self.use_activation_checkpointing and self.training,
+            rope_style=self.rope_style,
         )
-        return self.predictor_proj(self.predictor_norm(out[:, n_ctx:]))
+        out = self.predictor_norm(out)
+        context_out = None if self.predictor_proj_context is None else self.predictor_proj_context(out[:, :n_ctx])
+        return self.predictor_proj(out[:, n_ctx:]), context_out

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention_config import AttentionConfig
 from .grid import Grid, gather_tokens, grid_positions
-from .rope import RopeTables
+from .rope import VJEPA2_ROPE, RopeStyle, RopeTables
 
 
 class AttentionLayoutMixin:
@@ -66,8 +66,11 @@ def run_blocks(
     head_dim: int,
     sort_by_position: bool = False,
     activation_checkpointing: bool = False,
-) -> Tensor:
-    """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N).
+    rope_style: RopeStyle = VJEPA2_ROPE,
+    taps: Sequence[int] | None = None,
+) -> Tensor | list[Tensor]:
+    """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N); with
+    ``taps`` (block indices), the outputs of those blocks instead of the last one's.
 
     Layers with an entry in ``layer_attention`` use that entry's local attention (area,
     neighborhood, ...), the others are global. Each kind may want its own token order (area
@@ -78,14 +81,15 @@ def run_blocks(
     prepared = prepare_layouts(ids, grid, layer_attention)
     first = next((prepared[id(p)][0] for p in layer_attention if p is not None), None)
     order = ids.argsort(dim=1) if not prepared and sort_by_position else first
-    x, rope = _reordered(x, ids, grid, head_dim, None, order)
+    x, rope = _reordered(x, ids, grid, head_dim, rope_style, None, order)
     turns: dict[int, int] = {}  # an entry's layers take its layouts in turn
-    for blk, part in zip(blocks, layer_attention):
+    tapped = []
+    for i, (blk, part) in enumerate(zip(blocks, layer_attention)):
         layout = None
         if part is not None:
             wanted, layouts = prepared[id(part)]
             if wanted is not order:
-                x, rope = _reordered(x, ids, grid, head_dim, order, wanted)
+                x, rope = _reordered(x, ids, grid, head_dim, rope_style, order, wanted)
                 order = wanted
             turn = turns.get(id(part), 0)
             layout, turns[id(part)] = layouts[turn % len(layouts)], turn + 1
@@ -94,7 +98,9 @@ def run_blocks(
             x = checkpoint(blk, *args, use_reentrant=False)
         else:
             x = blk(*args)
-    return _restored(x, order)
+        if taps is not None and i in taps:
+            tapped.append(_restored(x, order))
+    return tapped if taps is not None else _restored(x, order)
 
 
 def _restored(x: Tensor, order: Tensor | None) -> Tensor:
@@ -102,11 +108,11 @@ def _restored(x: Tensor, order: Tensor | None) -> Tensor:
     return x if order is None else torch.empty_like(x).scatter_(1, order[..., None].expand_as(x), x)
 
 
-def _reordered(x: Tensor, ids: Tensor, grid: Grid, head_dim: int, old: Tensor | None,
+def _reordered(x: Tensor, ids: Tensor, grid: Grid, head_dim: int, rope_style: RopeStyle, old: Tensor | None,
                new: Tensor | None) -> tuple[Tensor, RopeTables]:
     """Tokens in permutation ``old`` of the caller's tokens, put in permutation ``new``, and the
     RoPE tables of their positions in that order."""
     x = _restored(x, old)
     if new is not None:
         x, ids = gather_tokens(x, new), ids.gather(1, new)
-    return x, RopeTables.from_positions(*grid_positions(ids, grid), head_dim, _compute_dtype(x))
+    return x, rope_style.tables(*grid_positions(ids, grid), grid, head_dim, _compute_dtype(x))

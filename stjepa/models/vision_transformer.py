@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,7 @@ from .layers import Block, PatchEmbed3D
 from .arguments import ArgumentError, one_of
 from .grid import Grid, check_indices, gather_tokens, token_grid
 from .stack import AttentionLayoutMixin, run_blocks
+from .versions import check_version, level_taps, rope_style
 
 # name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
 # ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
@@ -53,6 +54,12 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
     the flat grid indices of the visible tokens: one (B, K) tensor or a list of them (one per
     mask set). It returns the visible tokens' features in the order of the indices: a tensor,
     or a list with one tensor per mask set.
+
+    ``version='2.1'`` builds a V-JEPA 2.1 encoder (:mod:`stjepa.models.versions`): images (and
+    1-frame clips) go through ``patch_embed_img``, a modality embedding is added after the
+    tokenizer, and the output is the last of 4 levels (``levels='all'``: the 4 levels
+    concatenated on channels, shallow to deep, as training uses them; a list of level indices:
+    those levels concatenated). Version 2.0 repeats an image's frame to fill a tubelet.
     """
 
     def __init__(
@@ -74,8 +81,12 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         init_std: float = 0.02,
         attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
+        version: str = "2.0",
+        interpolate_rope: bool | None = None,
     ):
         super().__init__()
+        self.version = check_version(version)
+        self.rope_style = rope_style(self.version, interpolate_rope)
         if embed_dim % num_heads:
             raise ArgumentError("{embed_dim} is not divisible by {num_heads}.", embed_dim=embed_dim, num_heads=num_heads)
         self.img_size, self.num_frames = img_size, num_frames
@@ -89,9 +100,19 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, rates[i], use_swiglu, norm_eps)
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        if self.version == "2.0":
+            self.taps, self.norm = None, nn.LayerNorm(embed_dim, eps=norm_eps)
+        else:
+            self.taps = level_taps(depth)
+            self.norms_block = nn.ModuleList(nn.LayerNorm(embed_dim, eps=norm_eps) for _ in self.taps)
+            self.patch_embed_img = PatchEmbed3D(patch_size, 1, in_chans, embed_dim)
+            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.blocks)
+        if self.version == "2.1":
+            nn.init.normal_(self.img_mod_embed, std=1e-6)
+            nn.init.normal_(self.video_mod_embed, std=1e-6)
         self.set_attention(attention)
 
     @property
@@ -103,30 +124,58 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         return self.embed_dim // self.num_heads
 
     def prepare_input(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) become one-tubelet clips by repeating the frame."""
+        """Images (B, C, H, W) become 1-frame clips (2.1: for the image tokenizer) or one-tubelet
+        clips by repeating the frame (2.0)."""
         if x.dim() == 4:
-            x = x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
+            x = x.unsqueeze(2) if self.version == "2.1" else x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
         if x.dim() != 5:
             raise ValueError(f"encoder input must be (B, C, T, H, W) video or (B, C, H, W) images, got {tuple(x.shape)}.")
         return x
 
-    def forward(self, x: Tensor, masks: Tensor | list[Tensor] | None = None) -> Tensor | list[Tensor]:
-        x = self.prepare_input(x)
+    def embed(self, x: Tensor) -> tuple[Tensor, Grid]:
+        """(B, C, T, H, W) clips -> (B, N, D) tokens (with 2.1's modality embedding) and their grid."""
+        if self.version == "2.1" and x.shape[2] == 1:  # an image: the 1-frame tokenizer
+            return self.patch_embed_img(x) + self.img_mod_embed, token_grid(tuple(x.shape), self.patch_size, 1)
         grid = token_grid(tuple(x.shape), self.patch_size, self.tubelet_size)
         tokens = self.patch_embed(x)
+        return (tokens + self.video_mod_embed if self.version == "2.1" else tokens), grid
+
+    def forward(self, x: Tensor, masks: Tensor | list[Tensor] | None = None,
+                levels: str | Sequence[int] | None = None) -> Tensor | list[Tensor]:
+        tokens, grid = self.embed(self.prepare_input(x))
+        levels = self.check_levels(levels)
         B, N, _ = tokens.shape
         if masks is None:
             ids = torch.arange(N, device=x.device).expand(B, N)
-            return self.forward_tokens(tokens, ids, grid)
+            return self.forward_tokens(tokens, ids, grid, levels)
         mask_list = masks if isinstance(masks, (list, tuple)) else [masks]
         check_indices(mask_list, grid)
         for m in mask_list:
             if m.shape[0] != B:
                 raise ValueError(f"mask batch size {m.shape[0]} does not match the input batch size {B}.")
-        outs = self._forward_mask_sets(tokens, mask_list, grid)
+        outs = self._forward_mask_sets(tokens, mask_list, grid, levels)
         return outs if isinstance(masks, (list, tuple)) else outs[0]
 
-    def _forward_mask_sets(self, tokens: Tensor, masks: list[Tensor], grid: Grid) -> list[Tensor]:
+    @property
+    def num_levels(self) -> int:
+        return 1 if self.taps is None else len(self.taps)
+
+    def check_levels(self, levels: str | Sequence[int] | None) -> tuple[int, ...]:
+        """Level indices to return: None is the last, 'all' every one (2.0 has one level)."""
+        if levels is None:
+            return (self.num_levels - 1,)
+        if levels == "all":
+            return tuple(range(self.num_levels))
+        chosen = tuple(levels)
+        if not chosen or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_levels
+                             for i in chosen):
+            raise ArgumentError(f"{{levels}} is not allowed; this encoder has {self.num_levels} level(s): give "
+                                f"'all', null (the last) or a list of indices in 0..{self.num_levels - 1}.",
+                                levels=levels)
+        return chosen
+
+    def _forward_mask_sets(self, tokens: Tensor, masks: list[Tensor], grid: Grid,
+                           levels: tuple[int, ...]) -> list[Tensor]:
         # Mask sets of equal size share one pass (stacked along the batch); others run apart.
         outs: list[Tensor | None] = [None] * len(masks)
         by_size: dict[int, list[int]] = {}
@@ -135,15 +184,16 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         B = tokens.shape[0]
         for members in by_size.values():
             ids = torch.cat([masks[i] for i in members], 0)
-            out = self.forward_tokens(gather_tokens(tokens.repeat(len(members), 1, 1), ids), ids, grid)
+            out = self.forward_tokens(gather_tokens(tokens.repeat(len(members), 1, 1), ids), ids, grid, levels)
             for j, i in enumerate(members):
                 outs[i] = out[j * B : (j + 1) * B]
         return outs  # type: ignore[return-value]
 
-    def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid) -> Tensor:
-        """Blocks + final norm on already-embedded tokens at flat grid positions ``ids``."""
+    def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid, levels: tuple[int, ...] = (0,)) -> Tensor:
+        """Blocks + final norm (2.1: the chosen levels' norms) on already-embedded tokens at flat
+        grid positions ``ids``."""
         self.attention.validate_grid(grid)
-        x = run_blocks(
+        out = run_blocks(
             self.blocks,
             tokens,
             ids,
@@ -151,8 +201,12 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             self.layer_attention,
             self.head_dim,
             activation_checkpointing=self.use_activation_checkpointing and self.training,
+            rope_style=self.rope_style,
+            taps=self.taps,
         )
-        return self.norm(x)
+        if self.taps is None:
+            return self.norm(out)
+        return torch.cat([self.norms_block[i](out[i]) for i in levels], dim=-1)
 
 
 def vit(size: str = "vit_large", **overrides: Any) -> VisionTransformer:

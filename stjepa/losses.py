@@ -1,0 +1,84 @@
+"""The JEPA regression losses of V-JEPA 2 and 2.1 (pure PyTorch).
+
+2.0: ``L = mean |pred - target|^p / p`` at the target positions, targets being the EMA target
+encoder's layer-normed features. 2.1 adds deep self-supervision and a context term:
+``L = L_pred + lambda(step) * L_ctx``. Targets are the target encoder's levels, each
+layer-normed (non-affine) on its own D-wide chunk; ``L_ctx`` regresses them at the context
+positions too, each context token weighted by ``1 / sqrt(d)`` with d the Euclidean (t, h, w)
+grid distance to the nearest target token of its sample (time in tubelets, as upstream), and
+averaged as a plain mean (not normalised by the weights). lambda is 0 until ``ramp[0]``,
+linear to ``weight`` at ``ramp[1]``, then held (official ViT-L: 0.5 over steps 15,000 to 30,000;
+the cooldown holds 0.5 from step 0 without distance weighting).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models.arguments import ArgumentError
+from .models.grid import Grid, grid_positions
+
+
+def jepa_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor], loss_exp: float = 1.0,
+              weights: Sequence[Tensor] | None = None) -> Tensor:
+    """mean |pred - target|^p / p per mask set (each token times its weight, (B, N), when given),
+    averaged over mask sets (p = 1: L1)."""
+    per_set = []
+    for i, (p, t) in enumerate(zip(predictions, targets)):
+        error = (p - t).abs().pow(loss_exp)
+        if weights is not None:
+            error = error * weights[i].to(error.dtype)[..., None]
+        per_set.append(error.mean() / loss_exp)
+    return torch.stack(per_set).mean()
+
+
+def level_norm(features: Tensor, levels: int) -> Tensor:
+    """Layer norm (non-affine) of each of ``levels`` equal chunks of the last dimension."""
+    chunks = features.chunk(levels, dim=-1)
+    return torch.cat([F.layer_norm(c, (c.shape[-1],)) for c in chunks], dim=-1)
+
+
+def nearest_target_distance(context_ids: Tensor, target_ids: Tensor, grid: Grid) -> Tensor:
+    """(B, Nc): Euclidean (t, h, w) distance of each context token to the nearest target token
+    of its own sample, in grid cells."""
+    def cells(ids: Tensor) -> Tensor:
+        return torch.stack(grid_positions(ids, grid), dim=-1).float()
+
+    return torch.cdist(cells(context_ids), cells(target_ids)).amin(dim=-1)
+
+
+def context_weights(context_ids: Tensor, target_ids: Tensor, grid: Grid) -> Tensor:
+    """(B, Nc) weights 1 / sqrt(distance to the nearest target); context and target tokens are
+    disjoint, so every distance is at least 1."""
+    return nearest_target_distance(context_ids, target_ids, grid).clamp(min=1.0).rsqrt()
+
+
+@dataclass(frozen=True)
+class ContextLoss:
+    """The 2.1 context term's settings (the ``loss`` config group)."""
+
+    weight: float
+    ramp: Sequence[int]
+    distance_weighting: bool
+
+    def __post_init__(self):
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
+            raise ArgumentError("{context_weight} must be a number >= 0.", context_weight=self.weight)
+        ramp = list(self.ramp) if self.ramp is not None else None
+        if (ramp is None or len(ramp) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in ramp)
+                or ramp[1] < ramp[0]):
+            raise ArgumentError("{context_ramp} must be [start, end] steps with 0 <= start <= end (lambda is 0 before "
+                                "start and reaches context_weight at end).", context_ramp=ramp)
+
+    def weight_at(self, step: int) -> float:
+        """lambda at optimizer step ``step``."""
+        start, end = self.ramp
+        if step >= end:
+            return float(self.weight)
+        if step < start:
+            return 0.0
+        return float(self.weight) * (step - start) / (end - start)
