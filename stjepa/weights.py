@@ -97,12 +97,18 @@ def check_version(path: str | os.PathLike, key: str, state: Mapping[str, Any], m
     if found != wanted:
         raise CheckpointError(f"{key!r} in {str(path)!r} is a V-JEPA {found} network but the model is V-JEPA "
                               f"{wanted}; set model.version={found} to load it.")
+    if found == "2.1" and isinstance(module, VisionTransformerPredictor):
+        levels = predictor_shape(state, module.predictor_embed_width)["levels"]
+        if levels != module.levels:
+            raise CheckpointError(f"{key!r} in {str(path)!r} predicts {levels} level(s) but the model's predictor "
+                                  f"predicts {module.levels}; a one-level (distilled) predictor loads with "
+                                  f"stjepa.weights.load_official, which reads the level count from the file.")
 
 
 def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
     """Predictor arguments a 2.1 state dict fixes: levels, target width, context head, mask tokens."""
     fused = state.get("predictor_embed.0.weight")
-    levels = 1 if fused is None else fused.shape[1] // embed_dim
+    levels = 1 if fused is None else fused.shape[1] // fused.shape[0]  # Linear(levels * D, D)
     out = state["predictor_proj.weight"].shape[0] // levels
     return dict(version="2.1", levels=levels, out_embed_dim=None if out == embed_dim else out,
                 predict_context="predictor_proj_context.weight" in state)

@@ -9,7 +9,6 @@ from stjepa.model_config import build_encoder
 from stjepa.models import AttentionConfig, vit
 from stjepa.models.flops import layer_pairs
 from stjepa.models.grid import gather_tokens, grid_positions
-from stjepa.models.rope import RopeTables
 from test_neighborhood import reference_mask as neighborhood_mask
 from test_neighborhood import sparse_ids
 from test_shifted_area import MaskLayout, hand_areas
@@ -31,21 +30,22 @@ def reference_masks(ids):
             tile_mask(ids, GRID, (2, 2, 3), (1, 3, 1)), None]
 
 
+@pytest.mark.parametrize("version", ["2.0", "2.1"])  # every kind works in V-JEPA 2.1 models as in 2.0
 @pytest.mark.parametrize("keep", [50, 144])  # sparse context tokens, every token
-def test_an_encoder_with_three_kinds_matches_explicit_masks_layer_by_layer(keep):
+def test_an_encoder_with_three_kinds_matches_explicit_masks_layer_by_layer(keep, version):
     torch.manual_seed(0)
-    model = vit("vit_tiny", img_size=96, num_frames=8, depth=6, attention=STAGES).double()
+    model = vit("vit_tiny", img_size=96, num_frames=8, depth=6, attention=STAGES, version=version).double()
     assert [None if p is None else p.kind for p in model.layer_attention] == [
         "area", "area", "neighborhood", None, "sliding_tile", None]
     x = torch.randn(2, 3, 8, 96, 96, dtype=F64)
     ids = sparse_ids(GRID, 2, keep, seed=keep)
 
     def reference():
-        tokens = gather_tokens(model.patch_embed(x), ids)
-        rope = RopeTables.from_positions(*grid_positions(ids, GRID), model.head_dim, F64)
+        tokens = gather_tokens(model.embed(x)[0], ids)
+        rope = model.rope_style.tables(*grid_positions(ids, GRID), GRID, model.head_dim, F64)
         for blk, mask in zip(model.blocks, reference_masks(ids)):
             tokens = blk(tokens, rope, None if mask is None else MaskLayout(mask))
-        return model.norm(tokens)
+        return model.norm(tokens) if version == "2.0" else model.norms_block[-1](tokens)
 
     weights = torch.randn(2, keep, model.embed_dim, dtype=F64)
     grads = []
@@ -53,9 +53,10 @@ def test_an_encoder_with_three_kinds_matches_explicit_masks_layer_by_layer(keep)
         model.zero_grad()
         out = forward()
         (out * weights).sum().backward()
-        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (out, got), (expected, want) = grads
     torch.testing.assert_close(out, expected)
+    assert set(got) == set(want) and {f"blocks.{i}.attn.qkv.weight" for i in range(6)} <= set(want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], msg=name)
 

@@ -12,6 +12,7 @@ terms transcribed from the official train.py (non-affine per-level LN targets, t
 ``compute_mask_distance`` weights, L_pred and L_ctx) and the official lambda schedule. None of
 it is computed by stjepa code.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ from stjepa.losses import ContextLoss, context_weights, jepa_loss, level_norm
 from stjepa.models import ArgumentError, VisionTransformer, VisionTransformerPredictor, vit
 from stjepa.models.grid import gather_tokens
 from stjepa.models.versions import level_taps
+from stjepa.probe_module import MultiHeadProbe
 from stjepa.weights import export_official, load_official, load_pretraining_weights
-from train_helpers import read_metrics, run_train, series
+from train_helpers import read_metrics, run_script, run_train, series
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vjepa2_1_official_tiny.pt"
 TOL = dict(atol=2e-5, rtol=1e-5)
@@ -221,3 +223,55 @@ def test_a_tiny_2_1_model_trains_with_both_loss_terms(tmp_path):
     total = dict(series(rows, "train/loss"))
     for step in total:
         assert total[step] == pytest.approx(pred[step] + lam[step] * ctx[step], rel=1e-4)
+
+
+@torch.no_grad()
+def test_the_probe_reads_the_last_level_or_the_chosen_ones(official, networks):
+    enc, _ = networks
+    i, o = official["inputs"], official["outputs"]
+    last = MultiHeadProbe(enc, num_classes=3, lrs=[1e-3], weight_decays=[0.0], num_heads=2)
+    every = MultiHeadProbe(enc, num_classes=3, lrs=[1e-3], weight_decays=[0.0], num_heads=2, levels="all")
+    torch.testing.assert_close(last.features(i["video"])[0], o["enc_video_infer"], **TOL)
+    torch.testing.assert_close(every.features(i["video"])[0], o["enc_video_train_hier"], **TOL)
+    assert every.heads[0].pooler.query_tokens.shape[-1] == 4 * enc.embed_dim
+
+
+@pytest.mark.slow
+def test_probe_py_probes_a_2_1_checkpoint_on_all_levels(tmp_path):
+    run_train(tmp_path / "pre", "experiment=vjepa2_1_tiny", "trainer.max_steps=2")
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    out = run_script("probe.py", f"ckpt={ckpt}", "probe.levels=all", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "data.num_workers=0", "data.val_size=8", "probe.lrs=[1e-3]",
+                     "probe.weight_decays=[0.01]", "print_config=false", "callbacks.rich_progress_bar=null",
+                     f"hydra.run.dir={tmp_path / 'probe'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "probe" / "results.json").read_text())["best"]["top1"] >= 0.0
+    bad = run_script("probe.py", f"ckpt={ckpt}", "probe.levels=[7]", "print_config=false",
+                     f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: probe.levels=[7] is not allowed; this encoder has 4 "
+                                                          "level(s)")
+
+
+def test_init_from_an_official_2_1_file_starts_from_its_weights(official, tmp_path):
+    """model.init_from anneals from a 2.1 training file; a predictor file with another level
+    count is refused in one sentence."""
+    from stjepa.config import instantiate_checked as instantiate
+    from train_helpers import compose_config
+
+    path = tmp_path / "latest.pt"
+    torch.save({part: {"module.backbone." + k: v for k, v in official[f"{name}_state_dict"].items()}
+                for part, name in (("encoder", "encoder"), ("target_encoder", "encoder"), ("predictor", "predictor"))},
+               path)
+    tiny = ["model.version=2.1", "model.embed_dim=32", "model.depth=12", "model.num_heads=2", "model.pred_depth=4",
+            "model.pred_embed_dim=16", "model.pred_num_heads=2", "model.num_mask_tokens=2", "data.crop_size=64",
+            "data.frames_per_clip=4"]
+    module = instantiate(compose_config(tmp_path, [*tiny, f"model.init_from={path}"]).module, _convert_="all")
+    for name, net in (("encoder", module.target_encoder), ("predictor", module.predictor)):
+        for k, v in official[f"{name}_state_dict"].items():
+            assert torch.equal(net.state_dict()[k], v), k
+    one_level = tiny_predictor(levels=1)
+    torch.save({"encoder": official["encoder_state_dict"], "predictor": one_level.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"'predictor' in .* predicts 1 level\(s\) but the model's predictor "
+                                              r"predicts 4"):
+        instantiate(compose_config(tmp_path, [*tiny, f"model.init_from={path}"]).module, _convert_="all")

@@ -75,6 +75,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         self.head_dim = predictor_embed_dim // num_heads
         self.use_activation_checkpointing = use_activation_checkpointing
 
+        self.predictor_embed_width = embed_dim  # the encoder width of one level
         if self.levels > 1:
             self.predictor_embed = nn.Sequential(nn.Linear(self.levels * embed_dim, embed_dim), nn.GELU(),
                                                  nn.Linear(embed_dim, predictor_embed_dim))
