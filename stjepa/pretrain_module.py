@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import ContextLoss, context_weights, jepa_loss, level_norm
 from .model_config import build_encoder, build_predictor
 from .models.grid import gather_tokens, token_grid
-from .losses import ContextLoss, context_weights, jepa_loss, level_norm
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
 

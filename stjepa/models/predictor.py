@@ -12,7 +12,7 @@ from .layers import Block
 from .arguments import ArgumentError, one_of, positive_int
 from .grid import Grid, check_indices
 from .stack import AttentionLayoutMixin, run_blocks
-from .versions import LEVELS, check_version, rope_style
+from .versions import LEVELS, check_version, modality_embeddings, rope_style
 from .vision_transformer import init_weights, rescale_residual_branches
 
 MODALITIES = ("video", "image")
@@ -92,15 +92,13 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
         out_width = self.levels * (embed_dim if out_embed_dim is None else positive_int(out_embed_dim, "out_embed_dim"))
         self.predictor_proj = nn.Linear(predictor_embed_dim, out_width)
-        self.predictor_proj_context = nn.Linear(predictor_embed_dim, out_width) if v21 and predict_context is not False else None
+        self.predictor_proj_context = None
+        if v21 and predict_context is not False:
+            self.predictor_proj_context = nn.Linear(predictor_embed_dim, out_width)
         if v21:
-            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
-            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
+            self.img_mod_embed, self.video_mod_embed = modality_embeddings(predictor_embed_dim)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.predictor_blocks)
-        if v21:
-            nn.init.normal_(self.video_mod_embed, std=1e-6)
-            nn.init.normal_(self.img_mod_embed, std=1e-6)
         if not zero_init_mask_tokens:
             for token in self.mask_tokens:
                 nn.init.trunc_normal_(token, std=init_std)
@@ -138,14 +136,14 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         if isinstance(x, (list, tuple)):
             check_indices([*masks_x, *masks_y], grid, "context or target mask")
             indices = [mask_index] * len(x) if isinstance(mask_index, int) else list(mask_index)
-            outs = [self._predict(*args, grid, modality) for args in zip(x, masks_x, masks_y, indices)]
+            outs = [self._predict(*args, grid, modality, return_context) for args in zip(x, masks_x, masks_y, indices)]
             return ([o[0] for o in outs], [o[1] for o in outs]) if return_context else [o[0] for o in outs]
         check_indices([masks_x, masks_y], grid, "context or target mask")
-        out = self._predict(x, masks_x, masks_y, mask_index, grid, modality)
+        out = self._predict(x, masks_x, masks_y, mask_index, grid, modality, return_context)
         return out if return_context else out[0]
 
     def _predict(self, x: Tensor, masks_x: Tensor, masks_y: Tensor, mask_index: int, grid: Grid,
-                 modality: str) -> tuple[Tensor, Tensor | None]:
+                 modality: str, with_context: bool) -> tuple[Tensor, Tensor | None]:
         B, n_ctx, _ = x.shape
         context = self.predictor_embed(x)
         token = self.mask_tokens[mask_index % len(self.mask_tokens)]
@@ -165,6 +163,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
             activation_checkpointing=self.use_activation_checkpointing and self.training,
             rope_style=self.rope_style,
         )
+        if not with_context:
+            return self.predictor_proj(self.predictor_norm(out[:, n_ctx:])), None
         out = self.predictor_norm(out)
-        context_out = None if self.predictor_proj_context is None else self.predictor_proj_context(out[:, :n_ctx])
-        return self.predictor_proj(out[:, n_ctx:]), context_out
+        return self.predictor_proj(out[:, n_ctx:]), self.predictor_proj_context(out[:, :n_ctx])

@@ -8,6 +8,9 @@ fuses the concatenated levels and predicts every level (for the context tokens t
 """
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from .arguments import ArgumentError, one_of
 from .rope import VJEPA2_1_ROPE, VJEPA2_ROPE, RopeStyle
 
@@ -45,3 +48,8 @@ def rope_style(version: str, interpolate_rope: bool | None = None) -> RopeStyle:
     if interpolate_rope is False:
         return RopeStyle(interleaved=True)
     return VJEPA2_1_ROPE
+
+
+def modality_embeddings(width: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """2.1's learnable image and video embeddings, (1, 1, width) each, initialised N(0, 1e-6)."""
+    return tuple(nn.Parameter(torch.randn(1, 1, width) * 1e-6) for _ in range(2))

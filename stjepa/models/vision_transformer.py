@@ -13,7 +13,7 @@ from .layers import Block, PatchEmbed3D
 from .arguments import ArgumentError, one_of
 from .grid import Grid, check_indices, gather_tokens, token_grid
 from .stack import AttentionLayoutMixin, run_blocks
-from .versions import check_version, level_taps, rope_style
+from .versions import check_version, level_taps, modality_embeddings, rope_style
 
 # name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
 # ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
@@ -106,13 +106,9 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             self.taps = level_taps(depth)
             self.norms_block = nn.ModuleList(nn.LayerNorm(embed_dim, eps=norm_eps) for _ in self.taps)
             self.patch_embed_img = PatchEmbed3D(patch_size, 1, in_chans, embed_dim)
-            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
-            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.img_mod_embed, self.video_mod_embed = modality_embeddings(embed_dim)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.blocks)
-        if self.version == "2.1":
-            nn.init.normal_(self.img_mod_embed, std=1e-6)
-            nn.init.normal_(self.video_mod_embed, std=1e-6)
         self.set_attention(attention)
 
     @property
@@ -143,7 +139,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
     def forward(self, x: Tensor, masks: Tensor | list[Tensor] | None = None,
                 levels: str | Sequence[int] | None = None) -> Tensor | list[Tensor]:
         tokens, grid = self.embed(self.prepare_input(x))
-        levels = self.check_levels(levels)
+        self.check_levels(levels)  # before any work
         B, N, _ = tokens.shape
         if masks is None:
             ids = torch.arange(N, device=x.device).expand(B, N)
@@ -175,7 +171,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         return chosen
 
     def _forward_mask_sets(self, tokens: Tensor, masks: list[Tensor], grid: Grid,
-                           levels: tuple[int, ...]) -> list[Tensor]:
+                           levels: str | Sequence[int] | None) -> list[Tensor]:
         # Mask sets of equal size share one pass (stacked along the batch); others run apart.
         outs: list[Tensor | None] = [None] * len(masks)
         by_size: dict[int, list[int]] = {}
@@ -189,9 +185,10 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
                 outs[i] = out[j * B : (j + 1) * B]
         return outs  # type: ignore[return-value]
 
-    def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid, levels: tuple[int, ...] = (0,)) -> Tensor:
-        """Blocks + final norm (2.1: the chosen levels' norms) on already-embedded tokens at flat
-        grid positions ``ids``."""
+    def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid,
+                       levels: str | Sequence[int] | None = None) -> Tensor:
+        """Blocks + final norm (2.1: the chosen levels' norms, see :meth:`check_levels`) on
+        already-embedded tokens at flat grid positions ``ids``."""
         self.attention.validate_grid(grid)
         out = run_blocks(
             self.blocks,
@@ -206,7 +203,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         )
         if self.taps is None:
             return self.norm(out)
-        return torch.cat([self.norms_block[i](out[i]) for i in levels], dim=-1)
+        return torch.cat([self.norms_block[i](out[i]) for i in self.check_levels(levels)], dim=-1)
 
 
 def vit(size: str = "vit_large", **overrides: Any) -> VisionTransformer:
