@@ -61,3 +61,36 @@ def test_syncs_of_one_training_step_forward_and_backward(tmp_path, layout):
         assert reads.pop("index.Tensor", 0) == sum(not equal_areas(ids, module.encoder.default_grid)
                                                    for ids in context_passes(batch["masks_enc"]))
     assert reads == {}, syncs.by_place
+
+
+def test_the_operation_counter_counts_kernels_not_views_or_allocations():
+    from stjepa.utils.op_count import OpCounter
+
+    x = torch.arange(6.0)
+    with OpCounter() as ops:
+        y = x + 1                  # 1: add
+        z = y.view(2, 3)           # 0: a view
+        w = z.t().contiguous()     # 1: the copy (t is a view)
+        w.sum().item()             # 2: sum, and the scalar read (a sync on a GPU)
+        torch.empty(3)             # 0: memory only
+    assert (ops.total, ops.scalar_reads) == (4, 1), ops.by_op
+
+
+@pytest.mark.slow
+def test_count_launches_script_at_a_tiny_size(tmp_path):
+    """The counting script end to end: the full-attention step reads the device twice (the two
+    index range checks), the area step adds its layouts' reads."""
+    import csv
+    import subprocess
+    import sys
+
+    from train_helpers import ROOT
+
+    out = tmp_path / "counts.csv"
+    result = subprocess.run([sys.executable, "scripts/count_launches.py", "--model", "vit_tiny", "--sizes",
+                             "64px/8f-b2", "--layouts", "full", "2x2", "--csv", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = {r["layout"]: r for r in csv.DictReader(open(out))}
+    assert int(rows["full"]["host_syncs"]) == 2 and "models/grid.py" in rows["full"]["sync_places"]
+    assert int(rows["2x2"]["host_syncs"]) > 2 and int(rows["2x2"]["operations"]) > int(rows["full"]["operations"]) > 1000

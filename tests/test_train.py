@@ -263,7 +263,29 @@ def test_a_short_run_logs_metrics_quietly_and_resume_of_a_finished_run_says_so(t
 
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-VJEPA2_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("vjepa2", "st_a2"))]
+VJEPA2_1_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith("vjepa2_1_vit")]
+VJEPA2_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("vjepa2_vit", "st_a2"))]
+
+
+@pytest.mark.parametrize("experiment", VJEPA2_1_EXPERIMENTS)
+def test_vjepa2_1_presets_carry_the_official_2_1_values(tmp_path, experiment):
+    """configs/train_2_1/vit{l,g}16/{pretrain-256px-16f,cooldown-256px-64f}.yaml upstream."""
+    from stjepa.config import ConfigError, check_train_config
+
+    args = [f"experiment={experiment}", f"data.train_manifest={__file__}"]
+    cfg = compose_config(tmp_path, args)
+    assert cfg.model.version == "2.1" and cfg.model.size == ("vit_giant" if "vitg" in experiment else "vit_large")
+    assert (cfg.model.pred_depth, cfg.model.pred_embed_dim, cfg.model.pred_num_heads) == (24, 384, 12)
+    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 3072 and cfg.optim.lr == 6e-4
+    cooldown = "cooldown" in experiment
+    assert (cfg.data.frames_per_clip, cfg.trainer.max_steps) == ((64, 12000) if cooldown else (16, 300000))
+    assert dict(cfg.loss) == {"context_weight": 0.5, "context_ramp": [0, 0] if cooldown else [15000, 30000],
+                              "distance_weighting": not cooldown}
+    if cooldown:
+        with pytest.raises(ConfigError, match="anneal=true needs pretrained weights"):
+            check_train_config(cfg)
+        cfg = compose_config(tmp_path, [*args, f"model.init_from={__file__}"])
+    check_train_config(cfg)
 
 
 @pytest.mark.parametrize("size", ["vit_huge", "vit_giant"])
@@ -274,7 +296,8 @@ def test_large_model_presets_inherit_vit_large(tmp_path, size):
 
 
 def test_every_experiment_preset_is_covered():
-    assert set(EXPERIMENTS) == set(VJEPA2_EXPERIMENTS) | {"synthetic_motion"}
+    assert set(EXPERIMENTS) == set(VJEPA2_EXPERIMENTS) | set(VJEPA2_1_EXPERIMENTS) | {"synthetic_motion",
+                                                                                      "vjepa2_1_tiny"}
 
 
 @pytest.mark.parametrize("experiment", VJEPA2_EXPERIMENTS)

@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+COUNTERS = ("utils/host_syncs.py", "utils/op_count.py")
 READS = ("tolist", "item", "numpy", "__bool__", "__int__", "__float__", "__index__")
 # operations whose output size depends on the data: the host waits for the device to learn it
 aten = torch.ops.aten
@@ -40,7 +41,8 @@ class HostSyncCounter(TorchDispatchMode):
         return sum(self.by_place.values())
 
     def _count(self, what: str) -> None:
-        frames = [f for f in traceback.extract_stack()[:-2] if self.package in f.filename.replace("\\", "/")]
+        frames = [f for f in traceback.extract_stack()[:-2] if self.package in f.filename.replace("\\", "/")
+                  and not f.filename.replace("\\", "/").endswith(COUNTERS)]  # not the counting modes themselves
         place = f"{frames[-1].filename.replace(chr(92), '/').split(self.package)[-1]}:{frames[-1].lineno}" if frames else "?"
         self.by_place[f"{place} {what}"] += 1
 
