@@ -1,12 +1,14 @@
-"""Decoded + augmented clips per second for one data worker.
+"""Decoded + augmented clips (and images) per second for one data worker.
 
 Writes a few 320p (568x320) H.264 videos of moving shapes at 30 fps, then times the training
 data path exactly as a DataLoader worker runs it (one process, one decoding thread): decode the
 16 frames of one clip at 4 fps (a span of 128 source frames), random resized crop to 256 px,
-flip, normalize. Reports clips/s per worker for each decoder.
+flip, normalize. Reports clips/s per worker for each decoder. Then the image path: JPEGs of
+ImageNet's typical 500x375 (quality 90), decoded with Pillow, random resized crop to 256 px,
+flip, normalize: images/s per worker.
 
-    python scripts/bench_data.py                        # decord and PyAV, 40 clips each
-    python scripts/bench_data.py --decoders decord --clips 200 --csv data.csv
+    python scripts/bench_data.py                        # decord and PyAV, 40 clips each; 200 images
+    python scripts/bench_data.py --decoders decord --clips 200 --images 500 --csv data.csv
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from stjepa.data.decoding import available_decoders
+from stjepa.data.image_dataset import ImageDataset
 from stjepa.data.manifests import VideoSample
 from stjepa.data.synthetic import render_clip, sample_params
 from stjepa.data.transforms import TrainTransform
@@ -46,12 +49,36 @@ def write_320p_videos(folder: Path, count: int, frames: int, fps: int) -> list[P
     return paths
 
 
+def write_jpegs(folder: Path, count: int) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for i in range(count):
+        frame = render_clip(sample_params(torch.Generator().manual_seed(i)), 1, 500)[0, 62:437]  # 500 wide x 375 high
+        path = folder / f"image{i}.jpg"
+        Image.fromarray(frame.numpy()).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def time_items(dataset, count: int) -> float:
+    """Median seconds per item over ``count`` items after one warm-up item."""
+    dataset[0]
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        dataset[i % len(dataset)]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decoders", nargs="+", default=[d for d in ("decord", "pyav", "torchcodec") if d in available_decoders()])
     p.add_argument("--clips", type=int, default=40)
     p.add_argument("--videos", type=int, default=6)
     p.add_argument("--source-frames", type=int, default=300, help="10 s at 30 fps")
+    p.add_argument("--images", type=int, default=200, help="images to time (0: skip the image path)")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # a worker's share
@@ -62,19 +89,22 @@ def main(argv=None):
         for decoder in args.decoders:
             ds = VideoClipDataset(samples, ["bench"], TrainTransform(256), frames_per_clip=16, fps=4.0,
                                   decoder=decoder, seed=0)
-            ds[0]  # warm-up
-            times = []
-            for i in range(args.clips):
-                t0 = time.perf_counter()
-                item = ds[i]
-                times.append(time.perf_counter() - t0)
-            assert item["video"].shape == (3, 16, 256, 256)
-            med = statistics.median(times)
+            assert ds[0]["video"].shape == (3, 16, 256, 256)
+            med = time_items(ds, args.clips)
             row = dict(decoder=decoder, device=describe_device(torch.device("cpu")), commit=git_commit(),
                        source="568x320 H.264 30fps", clip="16 frames @ 4 fps, 256px", median_ms=round(med * 1e3, 2),
-                       clips_per_s_per_worker=round(1.0 / med, 2))
+                       items_per_s_per_worker=round(1.0 / med, 2))
             rows.append(row)
             print(f"{decoder:>10}: {med * 1e3:7.1f} ms per clip -> {1.0 / med:6.1f} clips/s per worker")
+        if args.images:
+            paths = write_jpegs(Path(tmp), min(args.images, 50))
+            ds = ImageDataset([VideoSample(str(path), 0) for path in paths], ["bench"], TrainTransform(256), seed=0)
+            assert ds[0]["image"].shape == (3, 256, 256)
+            med = time_items(ds, args.images)
+            rows.append(dict(decoder="pillow", device=describe_device(torch.device("cpu")), commit=git_commit(),
+                             source="500x375 JPEG q90", clip="1 image, 256px", median_ms=round(med * 1e3, 2),
+                             items_per_s_per_worker=round(1.0 / med, 2)))
+            print(f"{'pillow':>10}: {med * 1e3:7.1f} ms per image -> {1.0 / med:6.1f} images/s per worker")
     if args.csv:
         write_csv(rows, args.csv)
 

@@ -23,6 +23,18 @@ crf 24), ``mkv`` (MPEG-4 part 2) and ``avi`` (MJPEG); each needs its encoder in 
 
     python scripts/make_synthetic_dataset.py data/shapes --num-videos 24 --frames 48 \\
         --sizes 96 128 --fps 8 12 --formats mp4 webm --seed 0 --label direction --bad
+
+``--images`` writes still frames instead (item ``i``'s first frame), ImageNet style, labelled by
+shape unless ``--label`` says otherwise; sizes and formats (``jpg``, ``png``) round-robin::
+
+    OUT_DIR/train/<class_name>/shapes_00000.jpg    # python probe.py data=images data.train_root=OUT_DIR/train
+    OUT_DIR/val/<class_name>/shapes_00003.png      #   data.val_root=OUT_DIR/val
+    OUT_DIR/train.txt, OUT_DIR/val.txt             # the same images as "<relative path> <int label>" lists
+    OUT_DIR/classes.json
+    OUT_DIR/bad.txt, OUT_DIR/bad/                  # with --bad: a corrupt JPEG, a truncated PNG, a text
+                                                   # file named .jpg and a missing file, plus good lines
+
+    python scripts/make_synthetic_dataset.py data/stills --images --num-images 96 --sizes 64 96 --bad
 """
 from __future__ import annotations
 
@@ -258,6 +270,88 @@ def _write_bad(out: Path, records: list[dict], frames: int, gop: int | None) -> 
     return dict(bad=str(out / "bad.txt"), bad_files=files)
 
 
+IMAGE_FORMATS = {"jpg": dict(format="JPEG", quality=95), "png": dict(format="PNG")}
+
+
+def make_image_dataset(
+    out_dir: str | os.PathLike,
+    num_images: int = 96,
+    sizes: Sequence[int] = (64, 96),
+    formats: Sequence[str] = ("jpg", "png"),
+    seed: int = 0,
+    label: str = "shape",
+    val_fraction: float = 0.25,
+    bad: bool = False,
+    num_shapes: int = 1,
+    colors: str = "random",
+) -> dict:
+    """Write still frames as an image folder (see the module docstring); returns a summary dict
+    with ``train_root``, ``val_root``, ``train`` / ``val`` / ``bad`` lists, ``classes``, ``images``."""
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images={num_images!r} is not allowed; allowed values are integers >= 1.")
+    sizes = [int(s) for s in _check_positive_ints("sizes", sizes, even=True)]
+    for fmt in formats:
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"image format={fmt!r} is not known; allowed values are {', '.join(IMAGE_FORMATS)}.")
+    names = class_names(label)
+    val_set = _split(num_images, val_fraction, seed)
+    out = Path(out_dir)
+    dataset = MovingShapesDataset(num_samples=num_images, seed=seed, label=label, num_shapes=num_shapes, colors=colors)
+    records = []
+    for i in range(num_images):
+        fmt, size = formats[i % len(formats)], sizes[(i // len(formats)) % len(sizes)]
+        params = dataset.params(i)
+        target = label_of(params, label)
+        split = "val" if i in val_set else "train"
+        rel = Path(split) / names[target] / f"shapes_{i:05d}.{fmt}"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_clip(params, 1, size)[0].numpy()).save(out / rel, **IMAGE_FORMATS[fmt])
+        records.append(dict(index=i, path=rel.as_posix(), label=target, class_name=names[target], split=split,
+                            format=fmt, size=size))
+    for split in ("train", "val"):
+        _write_lines(out / f"{split}.txt", [f"{r['path']} {r['label']}" for r in records if r["split"] == split])
+    classes = {name: i for i, name in enumerate(names)}
+    (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+    summary = dict(out_dir=str(out), train_root=str(out / "train"), val_root=str(out / "val"),
+                   train=str(out / "train.txt"), val=str(out / "val.txt"), classes=classes, images=records,
+                   num_train=sum(r["split"] == "train" for r in records), num_val=len(val_set), bad_files={})
+    if bad:
+        summary.update(_write_bad_images(out, records))
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def _write_bad_images(out: Path, records: list[dict]) -> dict:
+    """A corrupt JPEG (scrambled after the start-of-scan marker), a truncated PNG (first half),
+    a text file named .jpg and a missing file, listed in ``bad.txt`` between good lines."""
+    from PIL import Image
+
+    bad_dir = out / "bad"
+    bad_dir.mkdir(exist_ok=True)
+    pixels = Image.open(out / records[0]["path"]).convert("RGB")
+    files = {"corrupt": "bad/corrupt.jpg", "truncated": "bad/truncated.png", "text": "bad/not_an_image.jpg",
+             "missing": "bad/missing.jpg"}
+    pixels.save(out / files["corrupt"], format="JPEG", quality=95)
+    data = bytearray((out / files["corrupt"]).read_bytes())
+    scan = data.find(b"\xff\xda")
+    for k in range(scan + 20, len(data) - 2):
+        data[k] = (data[k] * 7 + 13) % 256
+    (out / files["corrupt"]).write_bytes(bytes(data))
+    pixels.save(out / files["truncated"], format="PNG")
+    png = (out / files["truncated"]).read_bytes()
+    (out / files["truncated"]).write_bytes(png[: len(png) // 2])
+    (out / files["text"]).write_text("This is a text file, not an image.\n")
+    (out / files["missing"]).unlink(missing_ok=True)
+    good = records[: min(3, len(records))]
+    lines = [f"{r['path']} {r['label']}" for r in good[:2]] + [f"{files[k]} 0" for k in files]
+    lines += [f"{r['path']} {r['label']}" for r in good[2:]]
+    _write_lines(out / "bad.txt", lines)
+    return dict(bad=str(out / "bad.txt"), bad_files=files)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,8 +372,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="colours drawn per clip or the fixed mono palette (data.colors)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     parser.add_argument("--bad", action="store_true", help="also write broken files and bad.txt")
+    parser.add_argument("--images", action="store_true", help="write still images (jpg, png) instead of videos")
+    parser.add_argument("--num-images", type=int, default=96)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.images:
+        summary = make_image_dataset(args.out_dir, num_images=args.num_images, sizes=args.sizes, seed=args.seed,
+                                     label="shape" if args.label == "direction" else args.label,
+                                     val_fraction=args.val_fraction, bad=args.bad, num_shapes=args.num_shapes,
+                                     colors=args.colors)
+        print(f"wrote {len(summary['images'])} images to {summary['out_dir']} in {summary['seconds']:.1f} s: "
+              f"{summary['num_train']} train, {summary['num_val']} val, {len(summary['classes'])} classes"
+              + (f"; bad files listed in {summary['bad']}" if "bad" in summary else ""))
+        return summary
     fps = [int(f) if float(f).is_integer() else f for f in args.fps]
     summary = make_dataset(args.out_dir, num_videos=args.num_videos, frames=args.frames, sizes=args.sizes,
                            fps=fps, formats=args.formats, seed=args.seed, label=args.label,

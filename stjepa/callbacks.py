@@ -2,6 +2,7 @@
 FLOP logging, the official-layout export, and quieter progress and summary displays."""
 from __future__ import annotations
 
+import math
 import resource
 import time
 from pathlib import Path
@@ -105,9 +106,7 @@ class ThroughputMonitor(L.Callback):
         now = time.perf_counter()
         step_time, self._last = now - self._last, now
         clips = batch["video"].shape[0] * trainer.world_size
-        T, H, W = batch["video"].shape[-3:]
-        enc = pl_module.encoder
-        tokens_per_clip = (T // enc.tubelet_size) * (H // enc.patch_size) * (W // enc.patch_size)
+        tokens_per_clip = math.prod(pl_module.encoder.input_grid(batch["video"].shape))
         if torch.cuda.is_available() and batch["video"].is_cuda:
             peak = torch.cuda.max_memory_allocated() / 2**30
         else:

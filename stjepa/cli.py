@@ -46,7 +46,7 @@ def unknown_key_message(override: str, known: set[str]) -> str | None:
     key = override.split("=", 1)[0]
     if key in MOVED_KEYS:
         return f"{key} is now {MOVED_KEYS[key]}; write {MOVED_KEYS[key]}={override.split('=', 1)[1]}."
-    top = key.split(".", 1)[0].split("/", 1)[0]
+    top = key.split(".", 1)[0].split("/", 1)[0].split("@", 1)[0]  # group@package names the group
     if top in known:
         return None
     close = difflib.get_close_matches(top, sorted(known), n=1)

@@ -126,6 +126,28 @@ def check_machine(trainer: DictConfig) -> None:
                           f"(CPU) or run on a GPU machine.")
 
 
+def data_modalities(data: DictConfig) -> set[str]:
+    """What a data config feeds: {"video"}, {"image"} or both (a mixture)."""
+    target = str(data.get("_target_", ""))
+    if target.endswith("MixtureDataModule"):
+        return set().union(*(data_modalities(s) for s in (data.get("sources") or {}).values()))
+    return {"image"} if target.endswith("ImageDataModule") else {"video"}
+
+
+def check_modalities(cfg: DictConfig, world: int) -> None:
+    """Images need a model that can train on them, and a mixture on several devices a way to
+    keep DDP's graph fixed."""
+    modalities, version = data_modalities(cfg.data), str(cfg.model.get("version", "2.0"))
+    if modalities == {"image"} and version != "2.1":
+        raise ConfigError("data=images trains on images alone, which needs a model with an image path "
+                          "(model.version=2.1, its 1-frame tokenizer); a 2.0 model sees images only as repeated "
+                          "frames inside a mixture: use data=mixture.")
+    if modalities == {"image", "video"} and version == "2.1" and world > 1 and cfg.data.get("rank_ratio") is None:
+        raise ConfigError(f"a V-JEPA 2.1 image+video mixture on {world} devices needs data.rank_ratio (the share "
+                          f"of devices on images, official 0.5): alternating modalities per step changes which "
+                          f"tokenizer runs, which DDP's static graph cannot follow.")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     check_common(cfg)
     data, model, trainer, optim = cfg.data, cfg.model, cfg.trainer, cfg.optim
@@ -137,13 +159,16 @@ def check_train_config(cfg: DictConfig) -> None:
     if train_size is not None and train_size < batch * world:
         raise ConfigError(f"data.batch_size={batch} per device x {world} devices needs at least {batch * world} "
                           f"training clips; data.train_size is {train_size}.")
-    if not cfg.get("mask"):
-        raise ConfigError("mask needs at least one mask set (for example mask=vjepa2).")
-    for name, spec in cfg.mask.items():
-        try:
-            MaskSpec.create(plain(spec))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc).replace("mask.", f"mask.{name}.", 1)) from None
+    for group in ("mask", "image_mask"):
+        if not cfg.get(group):
+            raise ConfigError(f"{group} needs at least one mask set (for example {group}="
+                              f"{'vjepa2' if group == 'mask' else 'vjepa2_1'}).")
+        for name, spec in cfg[group].items():
+            try:
+                MaskSpec.create(plain(spec))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(str(exc).replace("mask.", f"{group}.{name}.", 1)) from None
+    check_modalities(cfg, world)
     check_choice(optim.lr_schedule, "optim.lr_schedule", LR_SCHEDULES)
     for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
         if isinstance(optim[key], bool) or not isinstance(optim[key], (int, float)) or optim[key] < 0:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .losses import ContextLoss, context_weights, jepa_loss, level_norm
 from .model_config import build_encoder, build_predictor
-from .models.grid import gather_tokens, token_grid
+from .models.grid import gather_tokens
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
 
@@ -86,11 +86,25 @@ class JEPAPretrainModule(L.LightningModule):
         online = [p.detach() for p in self.encoder.parameters()]
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
+    def input_grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The token grid of a batch of ``shape`` as the networks see it (2.0 fills a clip with an image)."""
+        if shape[2] == 1 and self.encoder.version != "2.1":
+            shape = (*shape[:2], self.hparams.frames_per_clip, *shape[3:])
+        return self.encoder.input_grid(shape)
+
     # -- steps -----------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Images (1-frame clips) fill a whole clip for a 2.0 model, as the official mixture does
+        (on the device, as a view: the loader moves one frame per image)."""
+        clips = batch.get("video") if isinstance(batch, dict) else None
+        if clips is not None and clips.shape[2] == 1 and self.encoder.version != "2.1":
+            batch["video"] = clips.expand(-1, -1, self.hparams.frames_per_clip, -1, -1)
+        return batch
+
     def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor, dict[str, Tensor]]:
         """Loss, context features, target features and the loss terms to log (2.1: pred, ctx, lambda)."""
         clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
-        grid = token_grid(tuple(clips.shape), self.encoder.patch_size, self.encoder.tubelet_size)
+        grid = self.encoder.input_grid(clips.shape)
         if self.encoder.version == "2.1":
             return self._deep_step(clips, masks_enc, masks_pred, grid)
         with torch.no_grad():
@@ -108,7 +122,9 @@ class JEPAPretrainModule(L.LightningModule):
         with torch.no_grad():
             h = level_norm(self.target_encoder(clips, levels="all"), levels)
         z = self.encoder(clips, masks_enc, levels="all")
-        preds, context_preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, return_context=True)
+        modality = "image" if self.encoder.is_image(clips.shape) else "video"
+        preds, context_preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, modality=modality,
+                                              return_context=True)
         loss_pred = jepa_loss(preds, [gather_tokens(h, m) for m in masks_pred], self.optim.loss_exp)
         weights = None
         if self.context_loss.distance_weighting:
@@ -124,18 +140,26 @@ class JEPAPretrainModule(L.LightningModule):
         loss, z, _, terms = self.shared_step(batch)
         B = batch["video"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        if "source" in batch:  # a mixture: each source's mean loss over its own steps of the epoch
+            # (per step, Lightning would repeat a source's last value on the other sources' steps)
+            self.log(f"train/loss_{batch['source']}", loss.detach(), on_step=False, on_epoch=True, batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=B)
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
                        "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
                        "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
-        if "bad_videos" in batch:  # files skipped by the data pipeline: per step and summed per epoch
-            self.log("data/bad_videos", batch["bad_videos"].sum().float(), on_step=True, on_epoch=True,
-                     reduce_fx="sum", batch_size=B)
+        for key in ("bad_videos", "bad_images"):  # files the data pipeline skipped: per step and summed per epoch
+            if key in batch:
+                self.log(f"data/{key}", batch[key].sum().float(), on_step=True, on_epoch=True, reduce_fx="sum",
+                         batch_size=B)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """A mixture validates every source: the first logs val/..., the others val/<source>/..."""
         loss, z, _, terms = self.shared_step(batch)
         B = batch["video"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
-        self.log_dict({f"val/{k}": v for k, v in terms.items() if k != "lambda"}, sync_dist=True, batch_size=B)
-        self.log("val/feature_std", feature_std(z[0]), sync_dist=True, batch_size=B)
+        prefix = "val" if dataloader_idx == 0 else f"val/{batch.get('source', dataloader_idx)}"
+        self.log(f"{prefix}/loss", loss, prog_bar=dataloader_idx == 0, sync_dist=True, batch_size=B,
+                 add_dataloader_idx=False)
+        self.log_dict({f"{prefix}/{k}": v for k, v in terms.items() if k != "lambda"}, sync_dist=True, batch_size=B,
+                      add_dataloader_idx=False)
+        self.log(f"{prefix}/feature_std", feature_std(z[0]), sync_dist=True, batch_size=B, add_dataloader_idx=False)

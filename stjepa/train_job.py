@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .callbacks import ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
-from .config import check_machine, check_train_config, instantiate_checked
+from .config import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
 from .loggers import build_loggers, close_loggers, flat_config
 from .utils.rich_config import print_config_tree
@@ -80,6 +80,8 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_DropLightningNoise())
     # raised inside Lightning itself with torch >= 2.10; nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # the pretraining module's on_after_batch_transfer (images fill a clip for 2.0) is meant
+    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 def is_launching_process() -> bool:
@@ -100,6 +102,13 @@ def trainer_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {"log_every_n_steps": min(every, max_steps)} if 0 < max_steps < every else {}
 
 
+def mask_sets(cfg: DictConfig, version: str) -> dict[str, list[dict]]:
+    """The mask sets of video and image steps: 2.1 masks images with image_mask on their 1-frame
+    grid; 2.0 fills a clip with the image, so video masks serve."""
+    video = [plain(v) for v in cfg.mask.values()]
+    return {"video": video, "image": [plain(v) for v in cfg.image_mask.values()] if version == "2.1" else video}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     check_train_config(cfg)
@@ -118,7 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate_checked(cfg.data)
     module = instantiate_checked(cfg.module, _convert_="all")
-    datamodule.configure_masking(module.encoder.default_grid, [dict(v) for v in cfg.mask.values()])
+    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.encoder.version))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"

@@ -12,16 +12,18 @@ class DumpRankState(L.Callback):
     """Each rank writes its final weights and the sample indices / masks it trained on."""
 
     def __init__(self, out: str):
-        self.out, self.indices, self.masks = Path(out), [], []
+        self.out, self.indices, self.masks, self.modalities = Path(out), [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.indices.append(batch["index"].tolist())
         self.masks.append([m.clone() for m in batch["masks_enc"]])
+        self.modalities.append((batch["modality"], tuple(batch["video"].shape)))
 
     def on_train_end(self, trainer, pl_module):
         self.out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        torch.save({"state": state, "indices": self.indices, "masks": self.masks, "world": trainer.world_size},
+        torch.save({"state": state, "indices": self.indices, "masks": self.masks, "world": trainer.world_size,
+                    "modalities": self.modalities},
                    self.out / f"rank{trainer.global_rank}.pt")
 
 

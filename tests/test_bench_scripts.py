@@ -285,3 +285,15 @@ def test_profile_layers_command_line(tmp_path):
     rows = read_csv(out)
     assert [(r["layout"], r["layer"], r["area_layer"]) for r in rows] == [("full", "0", "0"), ("2x2", "0", "1")]
     assert rows[0]["backend"] == "sdpa" and rows[1]["backend"] in ("padded", "equal")
+
+
+@pytest.mark.slow
+def test_bench_data_reports_clips_and_images_per_worker(tmp_path):
+    import bench_data
+
+    bench_data.main(["--decoders", "pyav", "--clips", "2", "--videos", "1", "--source-frames", "140",
+                     "--images", "3", "--csv", str(tmp_path / "data.csv")])
+    rows = {r["decoder"]: r for r in read_csv(tmp_path / "data.csv")}
+    assert set(rows) == {"pyav", "pillow"} and rows["pillow"]["clip"] == "1 image, 256px"
+    for row in rows.values():  # items/s is the inverse of the median time, both as written
+        assert float(row["items_per_s_per_worker"]) == pytest.approx(1000.0 / float(row["median_ms"]), rel=0.02)

@@ -63,6 +63,22 @@ def test_ddp_on_two_cpu_processes_ends_with_identical_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_rank_ratio_trains_images_and_videos_on_separate_ranks_with_one_set_of_weights(tmp_path):
+    """V-JEPA 2.1's split: rank 0 of 2 takes images through the 1-frame tokenizer, rank 1 clips;
+    DDP averages both into one update."""
+    dump = tmp_path / "ranks"
+    proc = run_cmd(tmp_path / "run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.max_steps=3", "data=mixture", "data.rank_ratio=0.5", "model.version=2.1",
+                   "+callbacks.dump._target_=fault_helpers.DumpRankState", f"+callbacks.dump.out={dump}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(dump / "rank0.pt", weights_only=False), torch.load(dump / "rank1.pt", weights_only=False)
+    assert r0["modalities"] == [("image", (8, 3, 1, 64, 64))] * 3
+    assert r1["modalities"] == [("video", (8, 3, 8, 64, 64))] * 3
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+
+
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
@@ -77,9 +93,10 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("data", ["synthetic", "mixture"])
+def test_sigkill_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, data):
     common = ["trainer.max_steps=8", "trainer.val_check_interval=100", "optim.warmup_steps=2",
-              "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.deterministic=true"]
+              "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.deterministic=true", f"data={data}"]
     straight = run_cmd(tmp_path / "straight", *common)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = [*common, "resume=true", "+callbacks.kill._target_=fault_helpers.KillAtStep", "+callbacks.kill.step=5"]

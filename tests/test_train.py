@@ -272,13 +272,24 @@ def test_vjepa2_1_presets_carry_the_official_2_1_values(tmp_path, experiment):
     """configs/train_2_1/vit{l,g}16/{pretrain-256px-16f,cooldown-256px-64f}.yaml upstream."""
     from stjepa.config import ConfigError, check_train_config
 
-    args = [f"experiment={experiment}", f"data.train_manifest={__file__}"]
+    video = f"data.sources.video.train_manifest={__file__}"
+    with pytest.raises(ConfigError, match=r"^data.sources.images.train_root must be set"):
+        check_train_config(compose_config(tmp_path, [f"experiment={experiment}", video]))  # ImageNet is needed
+    args = [f"experiment={experiment}", video, f"data.sources.images.train_root={tmp_path}"]
     cfg = compose_config(tmp_path, args)
     assert cfg.model.version == "2.1" and cfg.model.size == ("vit_giant" if "vitg" in experiment else "vit_large")
     assert (cfg.model.pred_depth, cfg.model.pred_embed_dim, cfg.model.pred_num_heads) == (24, 384, 12)
-    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 3072 and cfg.optim.lr == 6e-4
     cooldown = "cooldown" in experiment
-    assert (cfg.data.frames_per_clip, cfg.trainer.max_steps) == ((64, 12000) if cooldown else (16, 300000))
+    # half of the GPUs on images (72 each at 256 px), half on clips: 3072 clips per step in all
+    world, video, images = cfg.trainer.devices * cfg.trainer.num_nodes, cfg.data.sources.video, cfg.data.sources.images
+    assert (world, cfg.data.rank_ratio) == ((256 if cooldown else 128), 0.5)
+    assert video.batch_size * world // 2 == 3072 and (images.batch_size, images.crop_size) == (72, 256)
+    assert video._target_.endswith("KineticsDataModule") and images._target_.endswith("ImageDataModule")
+    assert (video.frames_per_clip, video.crop_size, video.fps) == ((64 if cooldown else 16), 256, 4)
+    assert cfg.optim.lr == 6e-4 and cfg.trainer.max_steps == (12000 if cooldown else 300000)
+    assert dict(cfg.image_mask.images) == {
+        "num_blocks": 10, "spatial_scale": [0.15, 0.15], "temporal_scale": [1.0, 1.0], "aspect_ratio": [0.75, 1.5],
+        "max_temporal_keep": 1.0, "max_keep": None, "full_complement": False}
     assert dict(cfg.loss) == {"context_weight": 0.5, "context_ramp": [0, 0] if cooldown else [15000, 30000],
                               "distance_weighting": not cooldown}
     if cooldown:

@@ -11,7 +11,8 @@ from stjepa.data.datamodule import KineticsDataModule
 from stjepa.data.manifests import ManifestError, VideoSample
 from stjepa.data.sampler import StreamSampler
 from stjepa.data.transforms import EvalTransform, TrainTransform, random_resized_crop_box
-from stjepa.data.video_dataset import NoUsableVideoError, VideoClipDataset
+from stjepa.data.video_dataset import VideoClipDataset
+from stjepa.errors import NoUsableVideoError
 from train_helpers import FAST, run_script
 
 import make_synthetic_dataset  # scripts/ is on the path via conftest

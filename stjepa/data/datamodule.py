@@ -1,20 +1,25 @@
 """LightningDataModules. Every data source shares the keys users set most:
 ``data.batch_size`` (per device), ``data.num_workers``, ``data.frames_per_clip``,
 ``data.crop_size``; pretraining adds V-JEPA masks to each batch via :meth:`configure_masking`.
+Video sources give clips, :class:`ImageDataModule` images (1-frame clips in the batch);
+:mod:`stjepa.data.mixture` combines sources.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import check_ints
 from ..errors import ConfigError
-from .collate import MaskingCollate
+from .collate import Collate, MaskingCollate
+from .file_dataset import FileDataset
+from .image_dataset import ImageDataset, SyntheticImages
 from .manifests import load_manifests, save_label_map
+from .masks import Grid
 from .sampler import StreamSampler
 from .synthetic import NOISE, MovingShapesDataset, num_classes
 from .transforms import EvalTransform, TrainTransform
@@ -33,6 +38,8 @@ class ResumableDataLoader(DataLoader):
 
 
 class VideoDataModule(L.LightningDataModule):
+    modality = "video"  # what one item is: "video" (a clip) or "image"
+
     def __init__(
         self,
         batch_size: int = 8,
@@ -52,6 +59,7 @@ class VideoDataModule(L.LightningDataModule):
         self.seed = seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.masking: MaskingCollate | None = None
+        self.name: str | None = None  # the source's name in a mixture (tags its batches)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -68,9 +76,18 @@ class VideoDataModule(L.LightningDataModule):
         return None
 
     # -- shared ------------------------------------------------------------------------------
-    def configure_masking(self, grid: tuple[int, int, int], mask_sets: Sequence[Mapping[str, Any]]) -> None:
-        """Draw V-JEPA masks for token grid ``grid`` in the collate function."""
-        self.masking = MaskingCollate(grid, mask_sets, seed=self.seed)
+    @property
+    def input_shape(self) -> tuple[int, int, int, int, int]:
+        """(1, 3, T, S, S) of one batch item as the model receives it (images: T = 1)."""
+        frames = 1 if self.modality == "image" else self.frames_per_clip
+        return 1, 3, frames, self.crop_size, self.crop_size
+
+    def configure_masking(self, grid_of: Callable[[tuple[int, ...]], Grid],
+                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], seed: int | None = None) -> None:
+        """Draw V-JEPA masks in the collate function: ``grid_of`` gives the model's token grid of
+        an input shape, ``mask_sets`` the mask sets of each modality."""
+        self.masking = MaskingCollate(grid_of(self.input_shape), mask_sets[self.modality],
+                                      seed=self.seed if seed is None else seed, source=self.name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -87,6 +104,9 @@ class VideoDataModule(L.LightningDataModule):
             return 0
         return trainer.fit_loop.epoch_loop.batch_progress.total.completed * self.batch_size
 
+    def _loader_collate(self) -> Collate:
+        return self.masking or Collate(self.name)
+
     def _loader(self, dataset: Dataset, sampler, drop_last: bool) -> DataLoader:
         cls = ResumableDataLoader if isinstance(sampler, StreamSampler) else DataLoader
         return cls(
@@ -94,7 +114,7 @@ class VideoDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.masking or default_collate,
+            collate_fn=self._loader_collate(),
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
@@ -106,13 +126,13 @@ class VideoDataModule(L.LightningDataModule):
         per_rank = len(self.train_set) // world
         if per_rank < self.batch_size:
             raise ConfigError(
-                f"data.batch_size={self.batch_size} is larger than the {per_rank} training clips each of the "
+                f"data.batch_size={self.batch_size} is larger than the {per_rank} training {'images' if self.modality == 'image' else 'clips'} each of the "
                 f"{world} devices gets; lower data.batch_size or add data."
             )
         batches = per_rank // self.batch_size
         sampler = StreamSampler(len(self.train_set), batches * self.batch_size, self.seed, True, rank, world,
                                 position_fn=self._consumed_samples, weights=self.sample_weights(),
-                                yield_pass=isinstance(self.train_set, VideoClipDataset))
+                                yield_pass=isinstance(self.train_set, FileDataset))
         return self._loader(self.train_set, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -234,3 +254,67 @@ class KineticsDataModule(VideoDataModule):
         counts = torch.bincount(sources, minlength=len(self.train_manifests)).double()
         weights = torch.tensor(self.weights, dtype=torch.float64) / counts.clamp(min=1)
         return weights[sources]
+
+
+class ImageDataModule(VideoDataModule):
+    """Images from an ImageNet-style folder (``root/<class>/*.jpg``) or a ``<path> <label>``
+    list (``data.train_root`` / ``data.val_root``), decoded with Pillow, with V-JEPA 2's random
+    resized crop and flip; bad images are skipped and counted. Without ``train_root``, still
+    frames of the synthetic shapes (no files), labelled by shape. ``frames_per_clip`` is the clip
+    length the model is built for; the images themselves are single frames."""
+
+    modality = "image"
+
+    def __init__(
+        self,
+        train_root: str | None = None,
+        val_root: str | None = None,
+        image_root: str | None = None,
+        random_resize_scale: Sequence[float] = (0.3, 1.0),
+        random_resize_aspect_ratio: Sequence[float] = (0.75, 1.35),
+        horizontal_flip: bool = True,
+        train_size: int = 2048,
+        val_size: int = 128,
+        label: str = "shape",
+        num_shapes: int = 1,
+        colors: str = "random",
+        noise: int = NOISE,
+        output_dir: str | None = None,
+        **common: Any,
+    ):
+        super().__init__(**common)
+        if train_root is None and val_root is not None:
+            raise ConfigError("data.val_root is set but data.train_root is not; give both (folders or lists of "
+                              "images) or neither (synthetic images).")
+        check_ints("data", train_size=(train_size, 1), val_size=(val_size, 0))
+        self.train_root, self.val_root, self.image_root, self.output_dir = train_root, val_root, image_root, output_dir
+        self.train_size, self.val_size = train_size, val_size
+        self.synthetic = dict(label=label, num_shapes=num_shapes, colors=colors, noise=noise)
+        if train_root is None:
+            SyntheticImages(1, self.crop_size, **self.synthetic)  # checks the options now
+        self.train_transform = TrainTransform(self.crop_size, tuple(random_resize_scale),
+                                              tuple(random_resize_aspect_ratio), horizontal_flip)
+        self.eval_transform = EvalTransform(self.crop_size, 1)
+        self.label_map: dict[str, int] = {}
+
+    @property
+    def num_classes(self) -> int:
+        if self.train_root is None:
+            return num_classes(self.synthetic["label"])
+        self.setup("fit")
+        return max(self.label_map.values()) + 1
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        if self.train_root is None:
+            val = SyntheticImages(self.val_size, self.crop_size, self.seed + 7919, **self.synthetic)
+            return (SyntheticImages(self.train_size, self.crop_size, self.seed, **self.synthetic),
+                    val if self.val_size else None)
+        roots = [str(self.train_root)] + ([str(self.val_root)] if self.val_root else [])
+        samples, self.label_map = load_manifests(roots, self.image_root, media="image")
+        train = ImageDataset([s for s in samples if s.source == 0], roots[:1], self.train_transform, self.seed)
+        val = None
+        if self.val_root:
+            val = ImageDataset([s for s in samples if s.source == 1], roots[1:], self.eval_transform, self.seed)
+        if self.output_dir:
+            save_label_map(self.label_map, Path(self.output_dir) / "label_map.json")
+        return train, val

@@ -1,4 +1,4 @@
-"""Video lists ("manifests") in three formats, parsed to :class:`VideoSample` lists.
+"""Video and image lists ("manifests") in three formats, parsed to :class:`VideoSample` lists.
 
 1. ``vjepa``: the V-JEPA 2 text/csv format, one ``<path> <integer label>`` per line (no
    header). The label is the last whitespace-separated field, so paths may contain spaces.
@@ -10,6 +10,9 @@
    ``<label>/``, ``<split>/`` or ``<split>/<label>/`` folders). A row whose video is not found
    is kept with its expected path and counted in :attr:`Manifest.missing`.
 3. ``folders``: a directory of class folders; videos anywhere below a class folder.
+
+Image sources (``media="image"``) use the same ``vjepa`` lines and ``folders`` trees (an
+ImageNet-style ``root/<class>/*.jpg``) with image extensions; Kinetics CSVs list videos only.
 
 :func:`read_manifest` only parses; class ids for named labels come from
 :func:`build_label_map` (alphabetical over all manifests) or from a given map, both through
@@ -28,6 +31,8 @@ from pathlib import Path
 from ..errors import ManifestError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+EXTENSIONS = {"video": VIDEO_EXTENSIONS, "image": IMAGE_EXTENSIONS}  # by media
 FORMATS = ("vjepa", "kinetics_csv", "folders")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 UNASSIGNED = -1  # label id of named-label samples until a label map is applied
@@ -37,7 +42,7 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class VideoSample:
-    path: str  # absolute path of the video file
+    path: str  # absolute path of the video or image file
     label: int  # class id (UNASSIGNED for named labels straight out of read_manifest)
     source: int = 0  # index of the manifest it came from (for weighted mixing)
 
@@ -216,43 +221,55 @@ def _read_kinetics(path: str, video_root: str | None, split: str | None) -> Mani
 
 # -- folder of class folders ---------------------------------------------------------------------
 
-def _videos_below(folder: str) -> list[str]:
+def _files_below(folder: str, extensions: tuple[str, ...]) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, name) for name in sorted(filenames)
-                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS]
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions]
     return found
 
 
-def _read_folders(path: str) -> Manifest:
+def _read_folders(path: str, media: str) -> Manifest:
     root = os.path.abspath(path)
+    entries = sorted((e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name)
+    classes = [e for e in entries if e.is_dir()]
+    if not classes:
+        what = "is empty" if not entries else "has no class subfolders, only files"
+        raise ManifestError(f"folder '{path}' {what}; a folder source needs one subfolder per class "
+                            f"(root/<class>/<{media} files>).")
     samples, names = [], []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
-            for video in _videos_below(entry.path):
-                samples.append(VideoSample(video, UNASSIGNED))
-                names.append(entry.name)
+    for entry in classes:
+        for file in _files_below(entry.path, EXTENSIONS[media]):
+            samples.append(VideoSample(file, UNASSIGNED))
+            names.append(entry.name)
     return Manifest(path, "folders", samples, names)
 
 
 # -- public API ----------------------------------------------------------------------------------
 
-def read_manifest(path: PathLike, video_root: PathLike | None = None, split: str | None = None) -> Manifest:
-    """Parse one manifest. ``split`` filters the rows of a Kinetics CSV (other formats have no
-    split column and ignore it). Named labels get ``label=UNASSIGNED`` until a map is applied."""
+def read_manifest(path: PathLike, video_root: PathLike | None = None, split: str | None = None,
+                  media: str = "video") -> Manifest:
+    """Parse one manifest of ``media`` files ("video" or "image"). ``split`` filters the rows of
+    a Kinetics CSV (other formats have no split column and ignore it). Named labels get
+    ``label=UNASSIGNED`` until a map is applied."""
+    if media not in EXTENSIONS:
+        raise ValueError(f"media={media!r}; allowed values are {', '.join(EXTENSIONS)}.")
     path = os.path.expanduser(os.fspath(path))
     root = None if video_root is None else os.path.expanduser(os.fspath(video_root))
     fmt = detect_format(path)
+    if fmt == "kinetics_csv" and media != "video":
+        raise ManifestError(f"manifest '{path}' is a Kinetics annotations CSV, which lists videos; an {media} "
+                            f"source is a folder of class folders or a '<path> <integer label>' list.")
     if fmt == "folders":
-        manifest = _read_folders(path)
+        manifest = _read_folders(path, media)
     elif fmt == "kinetics_csv":
         manifest = _read_kinetics(path, root, split)
     else:
         manifest = _read_vjepa(path, root)
     if not manifest.samples:
         where = f" for split '{split}'" if split is not None and fmt == "kinetics_csv" else ""
-        raise ManifestError(f"manifest '{path}' lists no videos{where}.")
+        raise ManifestError(f"manifest '{path}' lists no {media}s{where}.")
     return manifest
 
 
@@ -300,6 +317,7 @@ def load_manifests(
     video_root: PathLike | None = None,
     label_map: dict[str, int] | None = None,
     split: str | Sequence[str | None] | None = None,
+    media: str = "video",
 ) -> tuple[list[VideoSample], dict[str, int]]:
     """Samples of all manifests (``source`` = position in ``paths``) and the label map used:
     ``label_map`` if given (e.g. the training map for validation), else one built from them.
@@ -308,7 +326,7 @@ def load_manifests(
     if not path_list:
         raise ManifestError("no manifest given; set data.train_manifest / data.val_manifest.")
     splits = [split] * len(path_list) if split is None or isinstance(split, str) else list(split)
-    manifests = [read_manifest(p, video_root, s) for p, s in zip(path_list, splits)]
+    manifests = [read_manifest(p, video_root, s, media) for p, s in zip(path_list, splits)]
     if label_map is None:
         label_map = build_label_map(manifests)
     samples = []

@@ -42,6 +42,7 @@ class StreamSampler(Sampler[int]):
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         # yield pass * num_samples + index, so a dataset can vary its augmentation per pass
         self.yield_pass = yield_pass
+        self._cycle, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def __len__(self) -> int:
         return self.length
@@ -54,13 +55,16 @@ class StreamSampler(Sampler[int]):
             return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
         return torch.randperm(self.num_samples, generator=g)
 
+    def key_at(self, local: int) -> int:
+        """The dataset key of item ``local`` of this rank's share of the stream."""
+        flat = local * self.world_size + self.rank
+        cycle = flat // self.num_samples
+        if cycle != self._cycle:
+            self._cycle, self._perm = cycle, self._permutation(cycle)
+        index = int(self._perm[flat % self.num_samples])
+        return cycle * self.num_samples + index if self.yield_pass else index
+
     def __iter__(self) -> Iterator[int]:
         start = self.position_fn()
-        cycle, perm = -1, None
         for local in range(start, start + self.length):
-            flat = local * self.world_size + self.rank
-            if flat // self.num_samples != cycle:
-                cycle = flat // self.num_samples
-                perm = self._permutation(cycle)
-            index = int(perm[flat % self.num_samples])
-            yield cycle * self.num_samples + index if self.yield_pass else index
+            yield self.key_at(local)

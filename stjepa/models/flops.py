@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .predictor import VisionTransformerPredictor
-from .grid import Grid, token_grid
+from .grid import Grid
 from .vision_transformer import VisionTransformer
 
 
@@ -69,26 +69,28 @@ def _blocks_flops(blocks: nn.ModuleList, width: int, tokens: int, full: int, pai
     return Flops(linear, 4.0 * width * sum(pairs), 4.0 * width * full * len(pairs))
 
 
-def patch_embed_flops(encoder: VisionTransformer, batch: int, grid: Grid) -> Flops:
-    """Forward FLOPs of the patch embedding; it runs once per clip on every tubelet, before masking."""
-    pe = encoder.patch_embed.proj
+def patch_embed_flops(encoder: VisionTransformer, batch: int, grid: Grid, image: bool = False) -> Flops:
+    """Forward FLOPs of the patch embedding (``image``: 2.1's 1-frame tokenizer); it runs once per
+    clip on every tubelet, before masking."""
+    pe = (encoder.patch_embed_img if image else encoder.patch_embed).proj
     patch_macs = pe.in_channels * pe.out_channels * pe.kernel_size[0] * pe.kernel_size[1] * pe.kernel_size[2]
     return Flops(linear=2.0 * batch * grid[0] * grid[1] * grid[2] * patch_macs)
 
 
 def encoder_flops(
-    encoder: VisionTransformer, batch: int, grid: Grid, ids: Tensor | None = None, embed: bool = True
+    encoder: VisionTransformer, batch: int, grid: Grid, ids: Tensor | None = None, embed: bool = True,
+    image: bool = False,
 ) -> Flops:
     """Forward FLOPs of the encoder on ``batch`` clips with token grid ``grid``; ``ids`` (B, N)
     are the visible tokens (all tokens when None); ``embed=False`` leaves out the patch embedding
-    (several mask sets of one clip share it)."""
+    (several mask sets of one clip share it); ``image``: 2.1's 1-frame tokenizer embeds."""
     if ids is None:
         n = grid[0] * grid[1] * grid[2]
         ids = torch.arange(n).expand(batch, n)
     n_visible = ids.shape[1]
     full = batch * n_visible**2
     blocks = _blocks_flops(encoder.blocks, encoder.embed_dim, batch * n_visible, full, layer_pairs(ids, grid, encoder))
-    return patch_embed_flops(encoder, batch, grid) + blocks if embed else blocks
+    return patch_embed_flops(encoder, batch, grid, image) + blocks if embed else blocks
 
 
 def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, masks_y: Tensor, grid: Grid) -> Flops:
@@ -112,10 +114,10 @@ def train_step_flops(encoder: VisionTransformer, predictor: VisionTransformerPre
     backward) for the context encoder and the predictor, 1x for the target encoder's forward.
     The context encoder embeds each clip once, whatever the number of mask sets."""
     batch = clip_shape[0]
-    grid = token_grid(tuple(clip_shape), encoder.patch_size, encoder.tubelet_size)
-    trained = patch_embed_flops(encoder, batch, grid)
+    grid, image = encoder.input_grid(clip_shape), encoder.is_image(clip_shape)
+    trained = patch_embed_flops(encoder, batch, grid, image)
     for mx, my in zip(masks_enc, masks_pred):
         mx, my = mx.cpu(), my.cpu()
         trained = trained + encoder_flops(encoder, batch, grid, mx, embed=False)
         trained = trained + predictor_flops(predictor, mx, my, grid)
-    return encoder_flops(target_encoder, batch, grid) + trained.scale(3.0)
+    return encoder_flops(target_encoder, batch, grid, image=image) + trained.scale(3.0)

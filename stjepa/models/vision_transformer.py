@@ -120,19 +120,29 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         return self.embed_dim // self.num_heads
 
     def prepare_input(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) become 1-frame clips (2.1: for the image tokenizer) or one-tubelet
-        clips by repeating the frame (2.0)."""
+        """Images ((B, C, H, W) or 1-frame clips) stay 1-frame clips for 2.1's image tokenizer;
+        2.0 repeats the frame to fill one tubelet (as the official 2.0 encoder does)."""
         if x.dim() == 4:
-            x = x.unsqueeze(2) if self.version == "2.1" else x.unsqueeze(2).repeat(1, 1, self.tubelet_size, 1, 1)
+            x = x.unsqueeze(2)
         if x.dim() != 5:
             raise ValueError(f"encoder input must be (B, C, T, H, W) video or (B, C, H, W) images, got {tuple(x.shape)}.")
+        if x.shape[2] == 1 and self.version != "2.1":
+            x = x.expand(-1, -1, self.tubelet_size, -1, -1)
         return x
+
+    def is_image(self, shape: Sequence[int]) -> bool:
+        """A (B, C, 1, H, W) input that 2.1's 1-frame image tokenizer embeds."""
+        return self.version == "2.1" and shape[2] == 1
+
+    def input_grid(self, shape: Sequence[int]) -> Grid:
+        """Token grid of a (B, C, T, H, W) input as :meth:`prepare_input` leaves it."""
+        return token_grid(tuple(shape), self.patch_size, 1 if self.is_image(shape) else self.tubelet_size)
 
     def embed(self, x: Tensor) -> tuple[Tensor, Grid]:
         """(B, C, T, H, W) clips -> (B, N, D) tokens (with 2.1's modality embedding) and their grid."""
-        if self.version == "2.1" and x.shape[2] == 1:  # an image: the 1-frame tokenizer
-            return self.patch_embed_img(x) + self.img_mod_embed, token_grid(tuple(x.shape), self.patch_size, 1)
-        grid = token_grid(tuple(x.shape), self.patch_size, self.tubelet_size)
+        grid = self.input_grid(x.shape)
+        if self.is_image(x.shape):  # the 1-frame tokenizer
+            return self.patch_embed_img(x) + self.img_mod_embed, grid
         tokens = self.patch_embed(x)
         return (tokens + self.video_mod_embed if self.version == "2.1" else tokens), grid
 
