@@ -1,5 +1,6 @@
 """scripts/bench_train_step.py, scripts/profile_layers.py and scripts/bench_attention.py at tiny CPU sizes."""
 import csv
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -297,3 +298,24 @@ def test_bench_data_reports_clips_and_images_per_worker(tmp_path):
     assert set(rows) == {"pyav", "pillow"} and rows["pillow"]["clip"] == "1 image, 256px"
     for row in rows.values():  # items/s is the inverse of the median time, both as written
         assert float(row["items_per_s_per_worker"]) == pytest.approx(1000.0 / float(row["median_ms"]), rel=0.02)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_part_and_reports_its_files(tmp_path):
+    """The GPU command's CPU dry run: every part runs to the end, so the script cannot rot."""
+    import gpu_check
+
+    out = tmp_path / "out"
+    assert gpu_check.main(["--out", str(out), "--dry-run", "--budget-s", "1200"]) == 0
+    log = (out / "gpu_check.log").read_text()
+    assert log.count("RUN: ") == 7 and log.count("exit 0 after") == 7 and "SKIP train_step_compile" in log, log
+    assert sorted(p.name for p in out.iterdir()) == ["attention.csv", "gpu_check.log", "launches.csv", "motion.json",
+                                                     "tests.log", "train_step.csv"]
+    layouts = [r["layout"] for r in read_csv(out / "train_step.csv")]
+    assert layouts == ["full", "2x2", "2x2x2"]
+    motion = json.loads((out / "motion.json").read_text())
+    assert set(motion) == {"steps", "model", "pretrained", "random_init"}
+    report = gpu_check.report(out)
+    assert "### train_step.csv" in report and "### motion.json" in report
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--out", str(tmp_path / "none")]) == 2  # no CUDA device: refused, not faked

@@ -66,3 +66,25 @@ def test_cuda_window_kinds_match_the_dense_reference_with_gradients(kind_name, b
     g = torch.randn_like(ref)
     for got, want in zip(torch.autograd.grad(out.float(), (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(got.float(), want.float(), atol=2 * tol, rtol=2 * tol)
+
+
+def test_a_full_attention_training_step_on_cuda_never_waits_for_the_device(tmp_path):
+    """Forward and backward of the V-JEPA step read nothing back on the host: the mask range
+    checks run on the device (torch._assert_async), so the step can be queued ahead and captured."""
+    from hydra.utils import instantiate
+
+    from stjepa.data.collate import MaskingCollate
+    from stjepa.utils.host_syncs import HostSyncCounter
+    from train_helpers import compose_config
+
+    cfg = compose_config(tmp_path, ["data.crop_size=128", "data.frames_per_clip=16"])
+    module = instantiate(cfg.module, _convert_="all").cuda()
+    collate = MaskingCollate(module.encoder.default_grid, [dict(v) for v in cfg.mask.values()], seed=0)
+    batch = collate([{"video": torch.randn(3, 16, 128, 128), "index": i} for i in range(4)])
+    batch = {k: ([m.cuda() for m in v] if isinstance(v, list) else v.cuda() if torch.is_tensor(v) else v)
+             for k, v in batch.items()}
+    with HostSyncCounter() as syncs:
+        loss = module.shared_step(batch)[0]
+        loss.backward()
+    assert syncs.total == 0, syncs.by_place
+    torch.cuda.synchronize()

@@ -94,3 +94,47 @@ def test_count_launches_script_at_a_tiny_size(tmp_path):
     rows = {r["layout"]: r for r in csv.DictReader(open(out))}
     assert int(rows["full"]["host_syncs"]) == 2 and "models/grid.py" in rows["full"]["sync_places"]
     assert int(rows["2x2"]["host_syncs"]) > 2 and int(rows["2x2"]["operations"]) > int(rows["full"]["operations"]) > 1000
+
+
+def test_index_checks_raise_on_the_cpu_and_assert_on_the_device_when_compiled():
+    from stjepa.models.grid import check_indices
+
+    bad = torch.tensor([[0, 5, 8]])  # 8 is outside a 2x2x2 grid
+    with pytest.raises(ValueError, match=r"mask indices must lie in 0..7 for a 2x2x2 token grid; got values in 0..8"):
+        check_indices([bad], (2, 2, 2))
+    checked = torch.compile(lambda ids: check_indices([ids], (2, 2, 2)) or ids + 1, fullgraph=True, backend="eager")
+    assert torch.equal(checked(torch.tensor([[0, 7]])), torch.tensor([[1, 8]]))  # one graph, no host read
+    with pytest.raises(RuntimeError, match="mask indices must lie in 0..7"):
+        checked(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["2.0", "2.1"])
+def test_encoder_and_predictor_compile_to_one_graph_each_and_match_eager(version):
+    """torch.compile(fullgraph=True): no graph break (a break would be a host sync or Python
+    control flow on device values), forward and gradients as in eager mode."""
+    from stjepa.models import VisionTransformerPredictor, vit
+
+    torch.manual_seed(0)
+    encoder = vit("vit_tiny", img_size=32, num_frames=4, depth=4, version=version)
+    predictor = VisionTransformerPredictor(img_size=32, num_frames=4, embed_dim=encoder.embed_dim,
+                                           predictor_embed_dim=32, depth=2, num_heads=2, version=version)
+    clips = torch.randn(2, 3, 4, 32, 32)
+    grid = encoder.default_grid  # 2 x 2 x 2
+    context = [torch.tensor([[0, 2, 5, 7], [1, 3, 4, 6]]), torch.tensor([[0, 1, 6, 7], [2, 3, 4, 5]])]
+    targets = [torch.tensor([[1, 3, 4, 6], [0, 2, 5, 7]]), torch.tensor([[2, 3, 4, 5], [0, 1, 6, 7]])]
+    levels = "all" if version == "2.1" else None
+
+    def step(enc, pred):
+        z = enc(clips, context, levels=levels)
+        preds = pred(z, context, targets, mask_index=0, grid=grid)
+        loss = sum(p.square().mean() for p in preds)
+        grads = torch.autograd.grad(loss, [*encoder.parameters(), *predictor.parameters()], allow_unused=True)
+        return loss, grads
+
+    eager_loss, eager_grads = step(encoder, predictor)
+    compiled_loss, compiled_grads = step(torch.compile(encoder, fullgraph=True, backend="aot_eager"),
+                                         torch.compile(predictor, fullgraph=True, backend="aot_eager"))
+    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager_grads, compiled_grads):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))

@@ -35,8 +35,11 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 def check_indices(ids: Tensor | Sequence[Tensor], grid: Grid, what: str = "mask") -> None:
-    """Refuse index tensors of the wrong shape, type or range. The range of all of them is read
-    in one host sync (a device-to-host copy on GPUs), however many tensors are checked."""
+    """Refuse index tensors of the wrong shape, type or range. On the CPU the range of all of
+    them is read at once and a bad one raises ValueError here. On a GPU, and inside
+    ``torch.compile``, the device checks the range itself (``torch._assert_async``): no host
+    sync, so the step stays asynchronous and capturable; a bad index then fails the next
+    synchronizing call with a device-side assert carrying the same sentence."""
     tensors = [ids] if isinstance(ids, Tensor) else list(ids)
     for t in tensors:
         if t.dtype not in (torch.int32, torch.int64) or t.dim() != 2:
@@ -46,9 +49,11 @@ def check_indices(ids: Tensor | Sequence[Tensor], grid: Grid, what: str = "mask"
         return
     numel = grid[0] * grid[1] * grid[2]
     per_tensor = torch.stack(ranges)  # (tensors, 2): min and max of each
-    low, high = torch.stack([per_tensor[:, 0].min(), per_tensor[:, 1].max()]).tolist()
+    bounds = torch.stack([per_tensor[:, 0].min(), per_tensor[:, 1].max()])
+    rule = f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid"
+    if bounds.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async((bounds[0] >= 0) & (bounds[1] < numel), rule + ".")
+        return
+    low, high = bounds.tolist()
     if low < 0 or high >= numel:
-        raise ValueError(
-            f"{what} indices must lie in 0..{numel - 1} for a {grid[0]}x{grid[1]}x{grid[2]} token grid; "
-            f"got values in {low}..{high}."
-        )
+        raise ValueError(f"{rule}; got values in {low}..{high}.")
