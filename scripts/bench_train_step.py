@@ -198,10 +198,10 @@ def run(args) -> list[dict]:
             free_memory(device)
             row = {
                 "device": describe_device(device), "dtype": "bfloat16" if cuda else "float32", "commit": commit,
-                "model": model["size"], "predictor": f"{model['pred_depth']}x{model['pred_embed_dim']}",
+                "model": model["size"], "version": model["version"], "predictor": f"{model['pred_depth']}x{model['pred_embed_dim']}",
                 "size": size, "crop": crop, "frames": frames, "batch": batch, "layout": layout,
                 "splits": AttentionConfig.create(LAYOUTS[layout]).splits.tag, "predictor_area": int(args.predictor_area),
-                "activation_checkpointing": int(args.activation_checkpointing), "compile": int(args.compile),
+                "activation_checkpointing": int(args.activation_checkpointing), "compile": str(args.compile).lower(),
                 "status": "ok" if measured else "oom",
             }
             if measured is None:
@@ -283,7 +283,9 @@ def main(argv=None):
     p.add_argument("--find-max-batch", action="store_true", help="CUDA: largest batch that fits, from the size's batch")
     p.add_argument("--max-batch", type=int, default=1024, help="stop --find-max-batch here")
     p.add_argument("--predictor-area", action="store_true", help="area attention in the predictor too")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoder, predictor and target encoder")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the encoder, predictor and target encoder (optionally a mode: "
+                        "reduce-overhead records CUDA graphs)")
     p.add_argument("--peak-size", type=int, default=8192 if cuda else 1024, help="matmul size for the peak")
     p.add_argument("--csv", default="bench_train_step.csv")
     p.add_argument("--profile", action="store_true", help="also time attention vs MLP per encoder layer")

@@ -9,9 +9,11 @@ time left is skipped and the log says so:
    reference, bf16 and fp32, forward and gradients, masked inputs).
 2. ``train_step.csv``: the ViT-L training step (encoder + ViT-L predictor + EMA target, bf16,
    fused AdamW, V-JEPA 2 masks), full vs area 2x2 and 2x2x2 in layers [0, 18) at 384px/64f and
-   256px/64f batch 1, and full attention at 256px/16f batch 24 (the official recipe): step time,
+   256px/64f batch 1, and full attention at 256px/16f batch 24 (the official recipe; also as a
+   V-JEPA 2.1 model): step time,
    peak memory, MFU against a matmul peak measured in the same run, area/full ratio.
-   ``train_step_compile.csv``: the same with ``torch.compile``.
+   ``train_step_compile.csv``: the same with ``torch.compile``; ``train_step_graphs.csv``: the
+   official-recipe size with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
 3. ``attention.csv``: ``bench_attention`` core and layer at 4,608 (384px/64f, 25% visible) and
    18,432 tokens (384px/64f unmasked) for every attention kind and backend.
 4. ``launches.csv``: operations, kernel launches and host / device syncs of one step at
@@ -89,14 +91,17 @@ def train_step(run: Run) -> None:
         groups = [[*tiny, "--sizes", "64px/8f", "--batch", "2", "--layouts", "full", "2x2", "2x2x2"]]
     else:
         common = ["--iters", "5", "--warmup", "2"]
+        official = [*common, "--sizes", "vjepa2", "--vjepa2-batch", "24", "--layouts", "full"]
         groups = [[*common, "--sizes", "384px/64f", "256px/64f", "--batch", "1", "--layouts", "full", "2x2", "2x2x2"],
-                  [*common, "--sizes", "vjepa2", "--vjepa2-batch", "24", "--layouts", "full"]]
-    for name, extra in (("train_step", []), ("train_step_compile", ["--compile"])):
+                  [*official, "--version", "2.1"], official]  # V-JEPA 2.1 next to 2.0 (issue 18)
+    variants = (("train_step", [], groups), ("train_step_compile", ["--compile"], groups),
+                ("train_step_graphs", ["--compile", "reduce-overhead"], groups[-1:]))
+    for name, extra, chosen in variants:
         if extra and run.dry_run:
-            run.say("SKIP train_step_compile in the dry run (compiling on a CPU takes minutes)")
+            run.say(f"SKIP {name} in the dry run (compiling on a CPU takes minutes)")
             continue
         parts = []
-        for i, args in enumerate(groups):
+        for i, args in enumerate(chosen):
             part = run.work / f"{name}_{i}.csv"
             if run.call([str(SCRIPTS / "bench_train_step.py"), *args, *extra, "--csv", str(part)], 45):
                 parts.append(part)

@@ -20,6 +20,7 @@ from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
 NONFINITE_ACTIONS = ("stop", "skip")
+COMPILE_CHOICES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_int(value: Any, key: str, minimum: int = 1) -> int:
@@ -176,6 +177,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if len(optim.ema) != 2 or not all(0.0 <= m <= 1.0 for m in optim.ema):
         raise ConfigError(f"optim.ema must be [start, end] momenta in [0, 1], got {list(optim.ema)}.")
     check_loss(cfg.get("loss"))
+    if cfg.get("compile") not in COMPILE_CHOICES:
+        raise ConfigError(f"compile={cfg.get('compile')!r} is not allowed; allowed values are false, true, "
+                          f"{', '.join(str(c) for c in COMPILE_CHOICES[2:])}.")
     max_steps = check_int(trainer.get("max_steps", -1), "trainer.max_steps", -1)
     max_epochs = check_int(-1 if trainer.get("max_epochs") is None else trainer.max_epochs, "trainer.max_epochs", -1)
     if max_steps <= 0 and max_epochs <= 0:

@@ -40,7 +40,7 @@ class JEPAPretrainModule(L.LightningModule):
         optim: Mapping[str, Any],
         frames_per_clip: int,
         crop_size: int,
-        compile: bool = False,
+        compile: bool | str = False,
         loss: Mapping[str, Any] | None = None,
     ):
         super().__init__()
@@ -61,9 +61,10 @@ class JEPAPretrainModule(L.LightningModule):
         self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers
 
     def configure_model(self) -> None:
-        if self.compile_models:
+        if self.compile_models:  # true, or a torch.compile mode ("reduce-overhead": CUDA graphs)
+            mode = None if self.compile_models is True else self.compile_models
             for module in (self.encoder, self.predictor, self.target_encoder):
-                module.compile()
+                module.compile(mode=mode)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         self.schedule_length = self.optim.schedule_length(self.trainer.estimated_stepping_batches)

@@ -308,7 +308,7 @@ def test_gpu_check_dry_run_runs_every_part_and_reports_its_files(tmp_path):
     out = tmp_path / "out"
     assert gpu_check.main(["--out", str(out), "--dry-run", "--budget-s", "1200"]) == 0
     log = (out / "gpu_check.log").read_text()
-    assert log.count("RUN: ") == 7 and log.count("exit 0 after") == 7 and "SKIP train_step_compile" in log, log
+    assert log.count("RUN: ") == 7 and log.count("exit 0 after") == 7 and "SKIP train_step_graphs" in log, log
     assert sorted(p.name for p in out.iterdir()) == ["attention.csv", "gpu_check.log", "launches.csv", "motion.json",
                                                      "tests.log", "train_step.csv"]
     layouts = [r["layout"] for r in read_csv(out / "train_step.csv")]

@@ -393,3 +393,15 @@ def test_checkpoints_of_earlier_versions_still_load(tmp_path):
         assert torch.equal(v, ckpt["state_dict"][f"encoder.{k}"]), k
     metrics = run_train(tmp_path / "resumed", "trainer.max_steps=3", f"ckpt_path={old}")
     assert metrics["global_step"] == 3
+
+
+@pytest.mark.parametrize("value, mode", [(True, None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_true_or_a_mode_reaches_torch_compile_for_all_three_networks(tmp_path, monkeypatch, value, mode):
+    from hydra.utils import instantiate
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs.get("mode")) or fn)
+    cfg = compose_config(tmp_path, [f"compile={str(value).lower()}"])
+    module = instantiate(cfg.module, _convert_="all")
+    module.configure_model()
+    assert seen == [mode] * 3

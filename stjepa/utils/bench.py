@@ -106,11 +106,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor-width", type=int)
     p.add_argument("--predictor-heads", type=int)
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--version", choices=["2.0", "2.1"], default="2.0", help="model.version (2.1: 4 levels, context loss)")
 
 
 def model_from_args(args) -> dict:
     return model_settings(args.model, args.predictor_depth, args.predictor_width, args.predictor_heads,
-                          args.activation_checkpointing, depth=args.depth)
+                          args.activation_checkpointing, depth=args.depth, version=args.version)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +155,7 @@ def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictCon
         return compose("train", overrides=list(overrides))
 
 
-def build_pretrain_module(model: dict, attention: dict, crop: int, frames: int, compile: bool = False):
+def build_pretrain_module(model: dict, attention: dict, crop: int, frames: int, compile: bool | str = False):
     """``JEPAPretrainModule`` as train.py instantiates it, from ``cfg.module`` of the composed
     config with ``model`` and ``attention`` set over their groups; ``optim`` is conf/train.yaml's."""
     from ..config import instantiate_checked
