@@ -140,9 +140,9 @@ def check_modalities(cfg: DictConfig, world: int) -> None:
     keep DDP's graph fixed."""
     modalities, version = data_modalities(cfg.data), str(cfg.model.get("version", "2.0"))
     if modalities == {"image"} and version != "2.1":
-        raise ConfigError("data=images trains on images alone, which needs a model with an image path "
-                          "(model.version=2.1, its 1-frame tokenizer); a 2.0 model sees images only as repeated "
-                          "frames inside a mixture: use data=mixture.")
+        raise ConfigError("an image-only data source (data=images, data=synthetic_images) needs a model with an "
+                          "image path (model.version=2.1, its 1-frame tokenizer); a 2.0 model sees images only as "
+                          "repeated frames inside a mixture: use data=mixture.")
     if modalities == {"image", "video"} and version == "2.1" and world > 1 and cfg.data.get("rank_ratio") is None:
         raise ConfigError(f"a V-JEPA 2.1 image+video mixture on {world} devices needs data.rank_ratio (the share "
                           f"of devices on images, official 0.5): alternating modalities per step changes which "

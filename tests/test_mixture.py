@@ -126,8 +126,9 @@ def test_rank_ratio_needs_both_modalities():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data=synthetic_images"], "data=images trains on images alone, which needs a model with an image path"),
-    (["data=images", "data.train_root=/x"], "data=images trains on images alone, which needs a model with an image"),
+    (["data=synthetic_images"], r"an image-only data source \(data=images, data=synthetic_images\) needs a model "
+                                r"with an image path \(model.version=2.1"),
+    (["data=images", "data.train_root=/x"], "an image-only data source"),
     (["data=mixture", "model.version=2.1", "trainer.devices=2"],
      "a V-JEPA 2.1 image\\+video mixture on 2 devices needs data.rank_ratio"),
     (["data=mixture", "image_mask.images.num_blocks=0"], "image_mask.images.num_blocks must be an integer >= 1"),

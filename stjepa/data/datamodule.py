@@ -125,8 +125,9 @@ class VideoDataModule(L.LightningDataModule):
         rank, world = self._world()
         per_rank = len(self.train_set) // world
         if per_rank < self.batch_size:
+            items = "images" if self.modality == "image" else "clips"
             raise ConfigError(
-                f"data.batch_size={self.batch_size} is larger than the {per_rank} training {'images' if self.modality == 'image' else 'clips'} each of the "
+                f"data.batch_size={self.batch_size} is larger than the {per_rank} training {items} each of the "
                 f"{world} devices gets; lower data.batch_size or add data."
             )
         batches = per_rank // self.batch_size
