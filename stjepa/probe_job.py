@@ -25,6 +25,9 @@ from .weights import load_encoder
 
 def check_probe_config(cfg: DictConfig) -> None:
     check_common(cfg)
+    if str(cfg.data.get("_target_", "")).endswith("MixtureDataModule"):
+        raise ConfigError("probe.py probes on one data source; give data=images, data=kinetics or another single "
+                          "source instead of data=mixture.")
     if not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
     p = cfg.probe

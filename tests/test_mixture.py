@@ -166,3 +166,11 @@ def test_a_tiny_model_trains_on_the_mixture(tmp_path, version):
         assert mean == pytest.approx(sum(losses[s] for s in steps) / len(steps), rel=1e-5)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()) and len(losses) == 8
     assert series(rows, "val/loss") and series(rows, "val/images/loss")  # each source validated
+
+
+def test_probing_a_mixture_is_refused_naming_the_single_sources(tmp_path):
+    from stjepa.probe_job import check_probe_config
+
+    cfg = compose_config(tmp_path, ["ckpt=x.ckpt", "data=mixture"], config_name="probe")
+    with pytest.raises(ConfigError, match="probe.py probes on one data source; give data=images, data=kinetics"):
+        check_probe_config(cfg)
