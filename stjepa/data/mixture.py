@@ -100,10 +100,15 @@ class MixtureCollate:
 
 class MixtureDataModule(L.LightningDataModule):
     """``sources``: named data modules (instantiated from their own configs); ``weights``: one
-    per source name; ``rank_ratio``: null, or the share of ranks on image sources."""
+    per source name; ``rank_ratio``: null, or the share of ranks on image sources;
+    ``num_workers``: the workers of the one loader that serves every source.
+    ``frames_per_clip``, ``crop_size`` and ``batch_size`` repeat the video source's values for
+    the model and the config checks (conf/data/mixture.yaml interpolates them); the sources
+    read their own."""
 
     def __init__(self, sources: Mapping[str, VideoDataModule], weights: Mapping[str, float],
-                 rank_ratio: float | None = None, seed: int = 0, num_workers: int = 0, **shared: Any):
+                 rank_ratio: float | None = None, seed: int = 0, num_workers: int = 0,
+                 frames_per_clip: int | None = None, crop_size: int | None = None, batch_size: int | None = None):
         super().__init__()
         if not sources:
             raise ConfigError("data.sources must name at least one data source.")
@@ -126,7 +131,6 @@ class MixtureDataModule(L.LightningDataModule):
         self.sources = [sources[n] for n in self.names]
         self.weights = [float(w) for w in values]
         self.rank_ratio, self.seed, self.num_workers = rank_ratio, seed, num_workers
-        self.frames_per_clip = shared.get("frames_per_clip")
         if rank_ratio is not None and len({s.modality for s in self.sources}) < 2:
             raise ConfigError("data.rank_ratio splits devices between image and video sources, but data.sources "
                               "hold only one modality; set data.rank_ratio=null.")
