@@ -127,12 +127,22 @@ def check_machine(trainer: DictConfig) -> None:
                           f"(CPU) or run on a GPU machine.")
 
 
+def data_modality(data: DictConfig) -> str:
+    """The ``modality`` its data module class declares ("video", "image" or "mixture"), read
+    without building it; "video" for a target that does not import (instantiating reports that)."""
+    from hydra.utils import get_class
+
+    try:
+        return getattr(get_class(str(data.get("_target_", ""))), "modality", "video")
+    except Exception:
+        return "video"
+
+
 def data_modalities(data: DictConfig) -> set[str]:
     """What a data config feeds: {"video"}, {"image"} or both (a mixture)."""
-    target = str(data.get("_target_", ""))
-    if target.endswith("MixtureDataModule"):
+    if data_modality(data) == "mixture":
         return set().union(*(data_modalities(s) for s in (data.get("sources") or {}).values()))
-    return {"image"} if target.endswith("ImageDataModule") else {"video"}
+    return {data_modality(data)}
 
 
 def check_modalities(cfg: DictConfig, world: int) -> None:

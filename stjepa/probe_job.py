@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .config import check_common, check_int, check_machine, instantiate_checked, plain
+from .config import check_common, check_int, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
 from .loggers import build_loggers, close_loggers, flat_config
 from .models import ArgumentError
@@ -25,7 +25,7 @@ from .weights import load_encoder
 
 def check_probe_config(cfg: DictConfig) -> None:
     check_common(cfg)
-    if str(cfg.data.get("_target_", "")).endswith("MixtureDataModule"):
+    if data_modality(cfg.data) == "mixture":
         raise ConfigError("probe.py probes on one data source; give data=images, data=kinetics or another single "
                           "source instead of data=mixture.")
     if not Path(cfg.ckpt).is_file():
