@@ -1,4 +1,5 @@
-"""Probe a frozen encoder: python probe.py ckpt=path/to/last.ckpt [key=value ...]"""
+"""Probe a frozen encoder: python probe.py ckpt=path/to/last.ckpt [key=value ...], or every job of
+a training sweep: python probe.py sweep=logs/train/multiruns/<time> [key=value ...]"""
 import sys
 from pathlib import Path
 
@@ -14,7 +15,13 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="probe")
 def main(cfg: DictConfig) -> float | None:
-    from stjepa.probe_job import probe  # torch and Lightning load only once the config is composed
+    # torch and Lightning load only once the config is composed
+    if cfg.get("sweep") is not None:
+        from stjepa.probe_sweep import probe_sweep
+
+        run_or_exit(probe_sweep, cfg)
+        return None
+    from stjepa.probe_job import probe
 
     results = run_or_exit(probe, cfg)
     return results["best"]["top1"]  # what a Hydra sweeper would optimise

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from .errors import NonFiniteLossError, RunComplete, UserError
 from .resolvers import register_resolvers
 
-__all__ = ["check_command_line", "load_env", "register_resolvers", "run_or_exit"]
+__all__ = ["check_command_line", "load_env", "register_resolvers", "run_or_exit", "user_error_message"]
 
 # keys that moved; the old spelling gets a pointer instead of Hydra's "not in struct"
 MOVED_KEYS = {"module.on_nonfinite": "callbacks.nonfinite_guard.action",
@@ -75,6 +75,15 @@ def remove_empty_run_dir(output_dir: str | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def user_error_message(exc: UserError) -> str:
+    """The one sentence of a UserError: errors raised in DataLoader workers arrive with the
+    worker's traceback in the message, ending in "<ErrorClass>: sentence"."""
+    message = str(exc).strip().splitlines()[-1]
+    if ":" in message and type(exc).__name__ in message.split(":", 1)[0]:
+        message = message.split(":", 1)[1].strip()
+    return message
+
+
 def run_or_exit(fn: Callable[..., Any], cfg: Any) -> Any:
     """Run ``fn(cfg)``; bad input exits with status 2 and one sentence, no traceback; a
     non-finite loss exits with status 1; a run with nothing left to do says so and exits 0.
@@ -82,12 +91,8 @@ def run_or_exit(fn: Callable[..., Any], cfg: Any) -> Any:
     try:
         return fn(cfg)
     except UserError as exc:
-        # errors raised in DataLoader workers arrive with the worker's traceback in the message
-        message = str(exc).strip().splitlines()[-1]
-        if ":" in message and type(exc).__name__ in message.split(":", 1)[0]:
-            message = message.split(":", 1)[1].strip()
         remove_empty_run_dir(OmegaConf.select(cfg, "paths.output_dir", default=None))
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_error_message(exc)}", file=sys.stderr)
         sys.exit(2)
     except RunComplete as exc:
         remove_empty_run_dir(OmegaConf.select(cfg, "paths.output_dir", default=None))

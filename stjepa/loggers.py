@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -13,16 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from .model_config import split_attention
 from .models.attention_config import AttentionConfig
+from .wandb_workspace import sweep_group_name
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
-    """All jobs of one Hydra multirun share a group: '<task>/<sweep dir name>'."""
+    """All jobs of one Hydra multirun share a group: '<task>-<sweep dir name>'."""
     if not HydraConfig.initialized():
         return None
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return None
-    return f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
+    return sweep_group_name(cfg.task_name, hc.sweep.dir)
 
 
 def layout_tags(cfg: DictConfig) -> list[str]:
@@ -31,6 +31,26 @@ def layout_tags(cfg: DictConfig) -> list[str]:
     if AttentionConfig.create(pred).is_local:
         tags.append(f"pred-attn:{AttentionConfig.create(pred).tag}")
     return tags
+
+
+def attention_kind(attention: dict | None) -> str:
+    """The encoder's kinds of local attention in words: 'full', 'area', 'shifted area',
+    'area+neighborhood' (markers and groups of a sweep's verdict)."""
+    encoder, _ = split_attention(attention)
+    layout = AttentionConfig.create(encoder)
+    kinds = [("shifted area" if part.kind == "area" and part.shift else part.kind.replace("_", " "))
+             for part in layout.parts if part.own_local]
+    return "+".join(kinds) or "full"
+
+
+def layout_hparams(cfg: DictConfig) -> dict[str, str]:
+    """The encoder layout as two logged keys, ``layout/encoder`` (its tag: every setting that
+    tells two layouts apart) and ``layout/kind``, so W&B can group a sweep's runs by one key."""
+    if cfg.get("attention") is None:
+        return {}
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    return {"layout/encoder": AttentionConfig.create(split_attention(attention)[0]).tag,
+            "layout/kind": attention_kind(attention)}
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -1,4 +1,5 @@
-"""A probing job: load and freeze an encoder, train the probe heads, report every head."""
+"""A probing job: load and freeze an encoder, train the probe heads, report every head; or, with
+``sweep=``, the same probe over every finished job of a training sweep."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import check_common, check_int, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
-from .loggers import build_loggers, close_loggers, flat_config
+from .checkpoint_io import atomic_write_text
+from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
 from .train_job import quiet_lightning
 from .utils.rich_config import print_config_tree
+from .wandb_runs import training_run_of, write_summary
 from .weights import load_encoder
+
+RESULTS_FILE = "results.json"
 
 
 def check_probe_config(cfg: DictConfig) -> None:
@@ -28,7 +33,10 @@ def check_probe_config(cfg: DictConfig) -> None:
     if data_modality(cfg.data) == "mixture":
         raise ConfigError("probe.py probes on one data source; give data=images, data=kinetics or another single "
                           "source instead of data=mixture.")
-    if not Path(cfg.ckpt).is_file():
+    if (cfg.get("ckpt") is None) == (cfg.get("sweep") is None):
+        raise ConfigError("give either ckpt=path/to/last.ckpt (one checkpoint) or sweep=path/to/multirun (every job "
+                          "of a train.py -m sweep), not " + ("both." if cfg.get("ckpt") else "neither."))
+    if cfg.get("ckpt") is not None and not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
     p = cfg.probe
     if not p.lrs or not p.weight_decays:
@@ -80,7 +88,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
-            logger.log_hyperparams(flat_config(cfg))
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
         trainer.fit(module, datamodule=datamodule)
         trainer.validate(module, datamodule=datamodule, verbose=False)
         return report(cfg, encoder.attention.tag, module, loggers)
@@ -88,9 +96,30 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(loggers)
 
 
+def probe_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that decides a probe's result except the checkpoint: two probes with equal
+    settings are comparable (data.num_workers changes only the speed)."""
+    data = {k: v for k, v in plain(cfg.data).items() if k != "num_workers"}
+    return {"probe": plain(cfg.probe), "data": data, "seed": cfg.seed, "max_steps": cfg.trainer.max_steps,
+            "attention": plain(cfg.get("attention"))}
+
+
+def wandb_summary(results: dict[str, Any]) -> dict[str, float]:
+    """The probe's numbers as W&B summary keys."""
+    best, selected = results["best"], results["selected"]
+    summary = {"probe/best_top1": best["top1"], "probe/best_top5": best["top5"], "probe/best_lr": best["lr"],
+               "probe/best_wd": best["weight_decay"]}
+    if selected is not None:
+        summary.update({"probe/selected_top1": selected["top1"], "probe/selected_top5": selected["top5"]})
+    if results["random_init"]:  # random weights of the same architecture: the baseline, under its own keys
+        summary = {k.replace("probe/", "probe_random/", 1): v for k, v in summary.items()}
+    return summary
+
+
 def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers: list) -> dict[str, Any]:
-    """results.json, the rich table, and the best head in W&B's run summary."""
-    best = module.best()
+    """results.json, the rich table, and the probe's numbers in W&B: the probe's own run (with
+    logger=wandb) and the training run the checkpoint came from (if it logged to W&B)."""
+    best, selected = module.best(), module.selected()
     results = {
         "ckpt": str(cfg.ckpt),
         "encoder_key": cfg.probe.encoder_key,
@@ -99,16 +128,29 @@ def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers:
         "num_classes": module.num_classes,
         "chance_top1": 1.0 / module.num_classes,
         "best": {k: best[k] for k in ("head", "lr", "weight_decay", "top1", "top5", "per_class_top1")},
+        "selected": selected,
         "heads": module.results,
+        "settings": probe_settings(cfg),
     }
-    out = Path(cfg.paths.output_dir) / "results.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = Path(cfg.paths.output_dir) / RESULTS_FILE
+    atomic_write_text(out, json.dumps(results, indent=2))
     rich.print(results_table(module.results, best))
     rich.print(f"best head {best['head']} (lr {best['lr']:g}, wd {best['weight_decay']:g}): "
                f"top-1 {100 * best['top1']:.2f}%, top-5 {100 * best['top5']:.2f}% "
                f"(chance {100 / module.num_classes:.2f}%); written to {out}")
+    if selected is not None:
+        rich.print(f"head chosen on the other half of the validation clips: top-1 {100 * selected['top1']:.2f}%, "
+                   f"top-5 {100 * selected['top5']:.2f}% (heads {selected['heads'][0]} and {selected['heads'][1]})")
+    summary = wandb_summary(results)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update({"probe/best_top1": best["top1"], "probe/best_top5": best["top5"],
-                                              "probe/best_lr": best["lr"], "probe/best_wd": best["weight_decay"]})
+            logger.experiment.summary.update(summary)
+    training_run = training_run_of(cfg.ckpt) if cfg.probe.get("wandb_writeback", True) else None
+    if training_run is not None:
+        try:  # the results are on disk already; W&B being unreachable must not lose them
+            write_summary(training_run, Path(cfg.ckpt).resolve().parent.parent, summary,
+                          offline=training_run["offline"] or wandb_offline())
+        except Exception as exc:
+            warnings.warn(f"the probe's results could not be added to W&B run {training_run['id']} ({exc}); they are "
+                          f"in {out}.", stacklevel=1)
     return results

@@ -16,8 +16,9 @@ from .callbacks import ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
 from .config import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
-from .loggers import build_loggers, close_loggers, flat_config
+from .loggers import build_loggers, close_loggers, flat_config, layout_hparams
 from .utils.rich_config import print_config_tree
+from .wandb_runs import save_run_identity
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                          plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg))
         for logger in loggers:
-            logger.log_hyperparams(flat_config(cfg))
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
+        if trainer.is_global_zero:  # so that a probe of this run's checkpoint can write into its W&B run
+            save_run_identity(loggers, cfg.paths.output_dir)
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -145,7 +145,7 @@ def test_metrics_and_best_head_against_a_hand_count():
     good = F.one_hot(labels, 6).float() * 9
     probe.heads = nn.ModuleList([FixedLogits(view.repeat_interleave(2, 0)), FixedLogits(good.repeat_interleave(2, 0))])
     video = torch.randn(4, 2, 3, 2, 32, 32)  # (B, views, C, T, H, W)
-    probe.validation_step({"video": video, "label": labels}, 0)
+    probe.validation_step({"video": video, "label": labels, "index": torch.arange(4)}, 0)
     probe.log_dict = lambda *a, **k: None  # no trainer attached
     probe.on_validation_epoch_end()
     head0, head1 = probe.results
@@ -154,6 +154,32 @@ def test_metrics_and_best_head_against_a_hand_count():
     assert per_class[:3] == [1.0, 1.0, 0.0] and per_class[5] == 0.0
     assert head1["top1"] == 1.0
     assert probe.best()["head"] == 1
+
+
+def test_head_chosen_on_the_other_half_against_a_hand_count():
+    """Clips with an even dataset index are one fold, odd the other. Six clips, indices 0, 1, 2, 3, 10, 11;
+    head 0 is right on 0, 1, 2; head 1 on 0, 3, 10, 11.
+    Even fold {0, 2, 10}: head 0 2/3, head 1 2/3 (a tie: the earlier head, 0, is chosen there).
+    Odd fold {1, 3, 11}: head 0 1/3, head 1 2/3 (head 1 is chosen there).
+    The even fold is scored by the head chosen on the odd fold (1): 2/3; the odd fold by the head chosen on the
+    even fold (0): 1/3; pooled (2 + 1) / 6. The best head on all clips (head 1) reads 4/6: the flattering one."""
+    probe = small_probe(num_classes=4, lrs=(1e-3,), wds=(0.0, 0.1))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    right0 = torch.tensor([1, 1, 1, 0, 0, 0]).bool()
+    right1 = torch.tensor([1, 0, 0, 1, 1, 1]).bool()
+    logits = [torch.where(r[:, None], F.one_hot(labels, 4).float(), F.one_hot((labels + 1) % 4, 4).float())
+              for r in (right0, right1)]
+    probe.heads = nn.ModuleList([FixedLogits(logits[0]), FixedLogits(logits[1])])
+    probe.validation_step({"video": torch.randn(6, 3, 2, 32, 32), "label": labels,
+                           "index": torch.tensor([0, 1, 2, 3, 10, 11])}, 0)
+    probe.log_dict = lambda *a, **k: None
+    probe.on_validation_epoch_end()
+    selected = probe.selected()
+    assert selected["heads"] == [1, 0] and selected["fold_sizes"] == [3, 3]
+    assert selected["top1"] == pytest.approx(3 / 6)
+    assert probe.best()["top1"] == pytest.approx(4 / 6)
+    assert [r["fold_top1"] for r in probe.results] == [[pytest.approx(2 / 3), pytest.approx(1 / 3)],
+                                                       [pytest.approx(2 / 3), pytest.approx(2 / 3)]]
 
 
 @pytest.mark.slow
@@ -218,7 +244,8 @@ def test_probe_yaml_settings_override_the_group_defaults(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, last_line", [
-    ([], "error: ckpt must be set (it is marked ??? in the config); give it on the command line as ckpt=..."),
+    ([], "error: give either ckpt=path/to/last.ckpt (one checkpoint) or sweep=path/to/multirun (every job of a "
+         "train.py -m sweep), not neither."),
     (["ckpt=OFFICIAL", "model=vit_tiny", "probe.num_heads=5"], "error: probe.num_heads=5 does not divide the encoder width 192."),
     (["ckpt=OFFICIAL"], "error: checkpoint file 'OFFICIAL' holds a vit_tiny encoder (width 192, depth 12) but "
                         "model.size=vit_large; add model=vit_tiny."),

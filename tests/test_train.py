@@ -128,6 +128,8 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     assert len(losses) == 4
     assert config["attention/height_splits"] == "2" and config["model/size"] == '"vit_tiny"'
+    # one key per layout for W&B's grouping (the sweep workspace groups by it)
+    assert config["layout/encoder"] == '"area-t1h2w2-L0:auto"' and config["layout/kind"] == '"area"'
     assert "attn:area-t1h2w2-L0:auto" in run.tags and "smoke" in run.tags
 
 
