@@ -74,7 +74,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     attention = OmegaConf.to_container(cfg.attention, resolve=True) if cfg.get("attention") is not None else None
     try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
         encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
-                               attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init)
+                               attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init,
+                               cfg.probe.get("init_seed"))
         datamodule = instantiate_checked(cfg.data)
         datamodule.setup("fit")
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
@@ -97,10 +98,13 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def probe_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Everything that decides a probe's result except the checkpoint: two probes with equal
-    settings are comparable (data.num_workers changes only the speed)."""
+    """Everything that decides a probe's result except the checkpoint (and the seed of random
+    weights, which belongs to the job like its checkpoint): two probes with equal settings are
+    comparable (data.num_workers changes only the speed)."""
     data = {k: v for k, v in plain(cfg.data).items() if k != "num_workers"}
-    return {"probe": plain(cfg.probe), "data": data, "seed": cfg.seed, "max_steps": cfg.trainer.max_steps,
+    # the random weights' seed is the job's own, like its checkpoint (results.json keeps it)
+    probe = {k: v for k, v in plain(cfg.probe).items() if k != "init_seed"}
+    return {"probe": probe, "data": data, "seed": cfg.seed, "max_steps": cfg.trainer.max_steps,
             "attention": plain(cfg.get("attention"))}
 
 
@@ -124,6 +128,7 @@ def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers:
         "ckpt": str(cfg.ckpt),
         "encoder_key": cfg.probe.encoder_key,
         "random_init": bool(cfg.probe.random_init),
+        "init_seed": cfg.probe.get("init_seed") if cfg.probe.random_init else None,
         "attention": attention_tag,
         "num_classes": module.num_classes,
         "chance_top1": 1.0 / module.num_classes,

@@ -3,10 +3,12 @@
 
 Each job's probe goes to ``<job>/<probe_dir>/`` (``probe``, or ``probe_random`` for
 ``probe.random_init=true``), with ``results.json`` written last and whole, holding the probe
-settings. A job whose folder already holds results with the same settings is skipped, so the
-command finishes an interrupted sweep when run again; results with other settings in that
-folder refuse the sweep before any work (give another ``probe_dir``). Unfinished jobs are
-listed and not probed; a job that fails is reported and the others go on."""
+settings. Random-weight baselines (``probe.random_init=true``) draw each job's weights from its
+training seed, so they vary over seeds as the pretrained rows do. A job whose folder already
+holds results with the same settings is skipped, so the command finishes an interrupted sweep
+when run again; results with other settings in that folder refuse the sweep before any work
+(give another ``probe_dir``). Unfinished jobs are listed and not probed; a job that fails is
+reported and the others go on."""
 from __future__ import annotations
 
 import copy
@@ -66,6 +68,8 @@ def job_config(cfg: DictConfig, job: Job, name: str) -> DictConfig:
         job_cfg.ckpt, job_cfg.sweep = str(job.checkpoint), None
         job_cfg.paths.output_dir = str(job.folder / name)
         job_cfg.print_config = False
+        if cfg.probe.random_init and cfg.probe.get("init_seed") is None:
+            job_cfg.probe.init_seed = int(job.seed)  # each seed's baseline is its own random network
     return job_cfg
 
 

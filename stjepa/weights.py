@@ -263,12 +263,13 @@ def load_encoder(
     crop_size: int | None = None,
     frames_per_clip: int | None = None,
     random_init: bool = False,
+    init_seed: int | None = None,
 ) -> VisionTransformer:
     """An encoder from a train.py ``.ckpt`` (its own architecture and attention layout) or an
     official V-JEPA 2 ``.pt`` (architecture from the ``model`` group). ``attention`` (the
     attention group) replaces the stored layout; ``key`` picks ``target_encoder`` or
     ``encoder``; ``random_init`` keeps the architecture but not the weights (the baseline a
-    probe must beat)."""
+    probe must beat), drawn from ``init_seed`` when given (else from the current random state)."""
     if key not in ("target_encoder", "encoder"):
         raise CheckpointError(f"probe.encoder_key={key!r} is not known; allowed values are target_encoder, encoder.")
     weights = read_weights(path)
@@ -282,10 +283,14 @@ def load_encoder(
                           f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
         args = {name: hp[name] for name in ENCODER_HPARAMS}
         args["attention"] = attention if attention is not None else saved_layout(hp["attention"])
-        encoder = build_encoder(**args)
     else:
         check_encoder_size(path, state, dict(model or {}))
-        encoder = build_encoder(dict(model or {}), attention, crop_size or 224, frames_per_clip or 16)
+        args = dict(model=dict(model or {}), attention=attention, crop_size=crop_size or 224,
+                    frames_per_clip=frames_per_clip or 16)
+    with torch.random.fork_rng(devices=[], enabled=random_init and init_seed is not None):
+        if random_init and init_seed is not None:
+            torch.manual_seed(init_seed)
+        encoder = build_encoder(**args)
     check_version(path, key, state, encoder)
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")

@@ -259,3 +259,32 @@ def test_probe_py_bad_input_is_one_line_naming_the_key(tmp_path, overrides, last
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == last_line.replace("OFFICIAL", str(official))
     assert not (tmp_path / "run").exists()
+
+
+def test_random_weights_drawn_from_a_training_seed_are_that_runs_initialization(tmp_path):
+    """With a frozen target (ema 1), a checkpoint's target encoder is the initialization training drew from its
+    seed: the independent reference for probe.init_seed."""
+    run_train(tmp_path, "trainer.max_steps=1", "seed=3", "optim.ema=[1.0,1.0]")
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the frozen-target warning is the point here
+        initial = load_encoder(ckpt, "target_encoder").state_dict()
+    same = load_encoder(ckpt, random_init=True, init_seed=3).state_dict()
+    other = load_encoder(ckpt, random_init=True, init_seed=4).state_dict()
+    assert all(torch.equal(initial[k], same[k]) for k in initial)
+    assert not all(torch.equal(initial[k], other[k]) for k in initial)
+
+
+def test_a_sweeps_random_baselines_take_each_jobs_training_seed(tmp_path):
+    from omegaconf import OmegaConf
+
+    from stjepa.probe_sweep import job_config
+    from stjepa.sweeps import Job
+
+    cfg = compose_config(tmp_path, ["sweep=x", "probe.random_init=true"], config_name="probe")
+    job = Job(tmp_path / "7", 7, OmegaConf.create({"seed": 5, "trainer": {"max_steps": 2}}), {"seed": "5"}, 2)
+    job_cfg = job_config(cfg, job, "probe_random")
+    assert job_cfg.probe.init_seed == 5 and job_cfg.ckpt == str(tmp_path / "7" / "checkpoints" / "last.ckpt")
+    assert job_cfg.paths.output_dir == str(tmp_path / "7" / "probe_random") and job_cfg.sweep is None
+    fixed = compose_config(tmp_path, ["sweep=x", "probe.random_init=true", "probe.init_seed=11"], config_name="probe")
+    assert job_config(fixed, job, "probe_random").probe.init_seed == 11  # a seed given on the command line wins
