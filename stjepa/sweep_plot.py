@@ -45,10 +45,11 @@ def scatter_panel(ax, summary: SweepSummary, cost: str, cost_label: str) -> None
         hollow = g.weights == "random"
         ax.errorbar(x, scale * y, yerr=None if se is None else scale * se, fmt=MARKERS[kinds.index(g.kind) % len(MARKERS)],
                     color=colors[g.key], markerfacecolor="none" if hollow else colors[g.key], markersize=8,
-                    capsize=3, label=f"{g.label} ({g.weights}, n={n})" if hollow else f"{g.label} (n={n})")
+                    capsize=3, label=f"{g.label} (n={n})")
     front = sorted((g.stats[cost][0], scale * g.stats[metric][0]) for g in summary.groups if g.pareto.get(cost))
-    if front and metric != "train_loss_final":
-        ax.plot(*zip(*front), "--", color="gray", linewidth=1, label="Pareto front", zorder=0)
+    if front and metric != "train_loss_final":  # rings joined by a dashed line, behind the markers
+        ax.plot(*zip(*front), "--", marker="o", markersize=16, markerfacecolor="none", color="gray", linewidth=1,
+                label="Pareto front", zorder=0)
     ax.set_xlabel(cost_label)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
