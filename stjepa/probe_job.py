@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint_io import atomic_write_text
 from .config import check_common, check_int, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
-from .checkpoint_io import atomic_write_text
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
