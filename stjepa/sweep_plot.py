@@ -24,14 +24,18 @@ def running_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
+AXIS_LABELS = {"probe_selected_top1": "probe top-1 (head chosen on held-out half), %",
+               "probe_best_top1": "probe top-1 (best head), %",
+               "knn_top1_final": "online k-NN top-1 at the end, % (hollow: at step 0)"}
+
+
 def accuracy_axis(summary: SweepSummary) -> tuple[str, str, float]:
-    """The y metric of the scatter panels: the held-out-chosen probe top-1 (the honest column),
-    else the best head's top-1, else (no probes) the final train loss."""
-    for metric, label in (("probe_selected_top1", "probe top-1 (head chosen on held-out half), %"),
-                          ("probe_best_top1", "probe top-1 (best head), %")):
-        if any(g.stats[metric][0] is not None for g in summary.groups):
-            return metric, label, 100.0
-    return "train_loss_final", "final train loss (no probe results)", 1.0
+    """The y metric of the scatter panels: the summary's accuracy column, else (no probe and no
+    online k-NN) the final train loss."""
+    metric = summary.accuracy
+    if metric is None:
+        return "train_loss_final", "final train loss (no probe results)", 1.0
+    return metric, AXIS_LABELS[metric], 100.0
 
 
 def scatter_panel(ax, summary: SweepSummary, cost: str, cost_label: str) -> None:
@@ -42,10 +46,15 @@ def scatter_panel(ax, summary: SweepSummary, cost: str, cost_label: str) -> None
         (x, _, _), (y, se, n) = g.stats[cost], g.stats[metric]
         if x is None or y is None:
             continue
+        marker = MARKERS[kinds.index(g.kind) % len(MARKERS)]
         hollow = g.weights == "random"
-        ax.errorbar(x, scale * y, yerr=None if se is None else scale * se, fmt=MARKERS[kinds.index(g.kind) % len(MARKERS)],
+        ax.errorbar(x, scale * y, yerr=None if se is None else scale * se, fmt=marker,
                     color=colors[g.key], markerfacecolor="none" if hollow else colors[g.key], markersize=8,
                     capsize=3, label=f"{g.label} (n={n})")
+        y0, se0, _ = g.stats["knn_top1_start"]
+        if metric == "knn_top1_final" and y0 is not None:  # the same runs at step 0: their random weights
+            ax.errorbar(x, scale * y0, yerr=None if se0 is None else scale * se0, fmt=marker, color=colors[g.key],
+                        markerfacecolor="none", markersize=8, capsize=3)
     front = sorted((g.stats[cost][0], scale * g.stats[metric][0]) for g in summary.groups if g.pareto.get(cost))
     if front and metric != "train_loss_final":  # rings joined by a dashed line, behind the markers
         ax.plot(*zip(*front), "--", marker="o", markersize=16, markerfacecolor="none", color="gray", linewidth=1,

@@ -36,6 +36,10 @@ TRAIN_METRICS = {
     "step_time_median_s": "median perf/step_time_s after the first 10 steps",
     "tokens_per_s_median": "median perf/tokens_per_s after the first 10 steps",
     "peak_memory_gib": "largest perf/peak_memory_gib",
+    "knn_top1_start": "online/knn_top1 at step 0: the weights the run started from (random weights)",
+    "knn_top1_final": "last online/knn_top1 (the online k-NN at the end of training)",
+    "knn_top5_final": "last online/knn_top5",
+    "knn_gain": "knn_top1_final - knn_top1_start of the same run: what pretraining added",
 }
 PROBE_METRICS = {
     "probe_best_top1": "top-1 of the best head on the validation clips",
@@ -44,7 +48,10 @@ PROBE_METRICS = {
     "probe_selected_top5": "top-5 of that head",
 }
 METRICS = {**TRAIN_METRICS, **PROBE_METRICS}
-PERCENT = tuple(PROBE_METRICS)  # shown as percentages
+PERCENT = (*PROBE_METRICS, "knn_top1_start", "knn_top1_final", "knn_top5_final", "knn_gain")  # shown as %
+# the accuracy a verdict ranks groups by, first present wins: the probe head chosen on held-out
+# clips (the honest reading), the best probe head, the online k-NN at the end of training
+ACCURACY_METRICS = ("probe_selected_top1", "probe_best_top1", "knn_top1_final")
 
 
 @dataclass
@@ -82,6 +89,15 @@ class SweepSummary:
     def has_probes(self) -> bool:
         return any(r.get("probe_selected_top1") is not None or r.get("probe_best_top1") is not None
                    for r in self.rows)
+
+    @property
+    def accuracy(self) -> str | None:
+        """The column the verdict ranks by (see ACCURACY_METRICS); None: no accuracy at all."""
+        return accuracy_metric(self.groups)
+
+
+def accuracy_metric(groups: list["Group"]) -> str | None:
+    return next((m for m in ACCURACY_METRICS if any(g.stats[m][0] is not None for g in groups)), None)
 
 
 def mean_se(values: list[float]) -> tuple[float | None, float | None, int]:
@@ -122,7 +138,15 @@ def read_training_log(job: Job) -> tuple[dict[str, float | None], list[tuple[int
         "step_time_median_s": statistics.median(steady("perf/step_time_s")) if series("perf/step_time_s") else None,
         "tokens_per_s_median": statistics.median(steady("perf/tokens_per_s")) if series("perf/tokens_per_s") else None,
         "peak_memory_gib": max((v for _, v in series("perf/peak_memory_gib")), default=None),
+        **knn_columns(series("online/knn_top1"), last("online/knn_top5")),
     }, loss
+
+
+def knn_columns(top1: list[tuple[int, float]], top5_final: float | None) -> dict[str, float | None]:
+    start = next((v for s, v in top1 if s == 0), None)
+    final = top1[-1][1] if top1 and top1[-1][0] > 0 else None
+    return {"knn_top1_start": start, "knn_top1_final": final, "knn_top5_final": top5_final if final is not None else None,
+            "knn_gain": None if start is None or final is None else final - start}
 
 
 def probe_results(job: Job) -> dict[str, dict]:
@@ -201,9 +225,9 @@ def make_groups(rows: list[dict], keys: list[str]) -> list[Group]:
         groups.setdefault(key, Group(key, row["kind"], row["weights"])).rows.append(row)
     for group in groups.values():
         group.stats = {m: mean_se([r[m] for r in group.rows]) for m in METRICS}
-    accuracy = "probe_selected_top1"
+    accuracy = accuracy_metric(list(groups.values()))
     for cost in ("attention_flop_ratio", "step_time_median_s"):
-        ranked = [g for g in groups.values() if g.weights == "pretrained" and g.stats[accuracy][0] is not None
+        ranked = [g for g in groups.values() if accuracy and g.weights == "pretrained" and g.stats[accuracy][0] is not None
                   and g.stats[cost][0] is not None]
         for g, on_front in zip(ranked, pareto_front([(g.stats[cost][0], g.stats[accuracy][0]) for g in ranked])):
             g.pareto[cost] = on_front
@@ -220,9 +244,13 @@ def format_stat(stat: tuple[float | None, float | None, int], percent: bool = Fa
     return f"{number(mean)} ± {number(se)} (n={n})" if se is not None else f"{number(mean)} (n={n})"
 
 
-def significant_differences(summary: SweepSummary, metric: str = "probe_selected_top1") -> list[str]:
-    """Each pair of pretrained groups, with their difference and whether it exceeds two combined
-    standard errors (sqrt(se_a² + se_b²)); pairs where a group has one run say so."""
+def significant_differences(summary: SweepSummary, metric: str | None = None) -> list[str]:
+    """Each pair of pretrained groups, with their difference in ``metric`` (default: the
+    summary's accuracy column) and whether it exceeds two combined standard errors
+    (sqrt(se_a² + se_b²)); pairs where a group has one run say so."""
+    metric = metric or summary.accuracy
+    if metric is None:
+        return []
     groups = [g for g in summary.groups if g.weights == "pretrained" and g.stats[metric][0] is not None]
     lines = []
     for i, a in enumerate(groups):
@@ -261,10 +289,10 @@ def markdown(summary: SweepSummary) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     front = [g.label for g in summary.groups if g.pareto.get("attention_flop_ratio")]
     if front:
-        lines += ["", f"Pareto front (selected top-1 against attention FLOP ratio): {', '.join(front)}."]
+        lines += ["", f"Pareto front ({summary.accuracy} against attention FLOP ratio): {', '.join(front)}."]
     differences = significant_differences(summary)
     if differences:
-        lines += ["", "Differences in selected top-1:", *(f"- {d}" for d in differences)]
+        lines += ["", f"Differences in {summary.accuracy}:", *(f"- {d}" for d in differences)]
     lines += ["", "Columns:", *(f"- `{m}`: {what}" for m, what in METRICS.items())]
     if summary.notes:
         lines += ["", "Notes:", *(f"- {n}" for n in summary.notes)]
@@ -277,8 +305,10 @@ def rich_table(summary: SweepSummary):
     table = rich.table.Table(title=f"{summary.folder}: mean ± standard error (n) over seeds; green: Pareto "
                                    f"front of top-1 against attention FLOPs")
     shown = {"probe_selected_top1": "top-1 % (held-out head)", "probe_best_top1": "top-1 % (best head)",
+             "knn_top1_start": "k-NN top-1 % (step 0)", "knn_top1_final": "k-NN top-1 % (end)",
              "attention_flop_ratio": "attn FLOPs / full", "step_time_median_s": "step (s)",
              "train_loss_final": "train loss"}
+    shown = {m: h for m, h in shown.items() if any(g.stats[m][0] is not None for g in summary.groups)}
     table.add_column("group")
     table.add_column("kind")
     for header in shown.values():
