@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import OmegaConf
 
-from .errors import NonFiniteLossError, RunComplete, UserError
+from .errors import CollapseError, NonFiniteLossError, RunComplete, UserError
 from .resolvers import register_resolvers
 
 __all__ = ["check_command_line", "load_env", "register_resolvers", "run_or_exit", "user_error_message"]
@@ -86,7 +86,7 @@ def user_error_message(exc: UserError) -> str:
 
 def run_or_exit(fn: Callable[..., Any], cfg: Any) -> Any:
     """Run ``fn(cfg)``; bad input exits with status 2 and one sentence, no traceback; a
-    non-finite loss exits with status 1; a run with nothing left to do says so and exits 0.
+    non-finite loss or a collapse stop exits with status 1; a run with nothing left to do says so and exits 0.
     The first and the last leave no empty run directory behind."""
     try:
         return fn(cfg)
@@ -98,6 +98,6 @@ def run_or_exit(fn: Callable[..., Any], cfg: Any) -> Any:
         remove_empty_run_dir(OmegaConf.select(cfg, "paths.output_dir", default=None))
         print(str(exc), file=sys.stderr)
         sys.exit(0)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CollapseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -208,7 +208,25 @@ def check_train_config(cfg: DictConfig) -> None:
         every = OmegaConf.select(cfg, f"callbacks.{name}.every_n_train_steps")
         if every is not None:
             check_int(every, f"callbacks.{name}.every_n_train_steps")
+    check_callbacks(cfg)
     check_launch(cfg)
+
+
+def check_callbacks(cfg: DictConfig) -> None:
+    """Build every configured callback once (cheap: they do their work in hooks), so a value one
+    refuses stops the run before any work, named by its config key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not node or "_target_" not in node:
+            continue
+        try:
+            instantiate(node)
+        except InstantiationException as exc:
+            if isinstance(exc.__cause__, ArgumentError):
+                raise ConfigError(exc.__cause__.render(lambda arg: f"callbacks.{name}.{arg}")) from None
+            raise
 
 
 def _is_multirun() -> bool:

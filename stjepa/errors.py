@@ -31,3 +31,8 @@ class RunComplete(Exception):
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradients are NaN/inf; training stops and the last checkpoint is kept
     (exit status 1: the input was fine, the run failed)."""
+
+
+class CollapseError(RuntimeError):
+    """The monitored feature rank fell below its set fraction of the running maximum with
+    ``action: stop``; training stops and the last checkpoint is kept (exit status 1)."""

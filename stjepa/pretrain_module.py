@@ -108,25 +108,43 @@ class JEPAPretrainModule(L.LightningModule):
         grid = self.encoder.input_grid(clips.shape)
         if self.encoder.version == "2.1":
             return self._deep_step(clips, masks_enc, masks_pred, grid)
-        with torch.no_grad():
-            h = self.target_encoder(clips)
-            h = F.layer_norm(h, (h.shape[-1],))
-            targets = [gather_tokens(h, m) for m in masks_pred]
-        z = self.encoder(clips, masks_enc)
-        preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid)
+        preds, targets, z, h = self._predict(clips, masks_enc, masks_pred, grid)
         loss = jepa_loss(preds, targets, self.optim.loss_exp)
         return loss, z, h, {}
 
-    def _deep_step(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
-        """V-JEPA 2.1: every level predicted at the targets and at the context tokens."""
-        levels = self.encoder.num_levels
+    def _predict(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
+        """Predictions and targets at the target tokens (one per mask set), the context features
+        z and the normalised target features h (2.1: every level, and the context predictions)."""
+        deep = self.encoder.version == "2.1"
         with torch.no_grad():
-            h = level_norm(self.target_encoder(clips, levels="all"), levels)
+            if deep:
+                h = level_norm(self.target_encoder(clips, levels="all"), self.encoder.num_levels)
+            else:
+                h = self.target_encoder(clips)
+                h = F.layer_norm(h, (h.shape[-1],))
+        targets = [gather_tokens(h, m) for m in masks_pred]
+        if not deep:
+            z = self.encoder(clips, masks_enc)
+            return self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid), targets, z, h
         z = self.encoder(clips, masks_enc, levels="all")
         modality = "image" if self.encoder.is_image(clips.shape) else "video"
         preds, context_preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, modality=modality,
                                               return_context=True)
-        loss_pred = jepa_loss(preds, [gather_tokens(h, m) for m in masks_pred], self.optim.loss_exp)
+        return preds, targets, z, h, context_preds
+
+    @torch.no_grad()
+    def predictions(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(tokens, D) predictor outputs at every target token of a masked batch, and the targets
+        there (for collapse monitoring; no gradient)."""
+        clips = batch["video"]
+        preds, targets = self._predict(clips, batch["masks_enc"], batch["masks_pred"],
+                                       self.encoder.input_grid(clips.shape))[:2]
+        return torch.cat([p.flatten(0, 1) for p in preds]), torch.cat([t.flatten(0, 1) for t in targets])
+
+    def _deep_step(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
+        """V-JEPA 2.1: every level predicted at the targets and at the context tokens."""
+        preds, targets, z, h, context_preds = self._predict(clips, masks_enc, masks_pred, grid)
+        loss_pred = jepa_loss(preds, targets, self.optim.loss_exp)
         weights = None
         if self.context_loss.distance_weighting:
             weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]

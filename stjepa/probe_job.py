@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import rich
 import rich.table
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint_io import atomic_write_text
 from .config import check_common, check_int, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
+from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
@@ -26,6 +28,42 @@ from .wandb_runs import training_run_of, write_summary
 from .weights import load_encoder
 
 RESULTS_FILE = "results.json"
+METHODS = ("attentive", "knn")
+
+
+class KNNProbe:
+    """A k-NN reading with the attentive probe's reporting interface (one "head"), plus RankMe of
+    the validation features. No choice is made on the validation clips, so its held-out reading
+    is the reading itself."""
+
+    def __init__(self, encoder, datamodule, k: int, temperature: float, levels, device: torch.device):
+        levels = encoder.check_levels(levels)
+        self.num_classes = int(datamodule.num_classes)
+        encoder = encoder.to(device).eval()
+        bank, bank_labels = extract(encoder, datamodule.train_dataloader(), device, levels)
+        queries, labels = extract(encoder, datamodule.val_dataloader() or [], device, levels)
+        if not len(queries):
+            raise ConfigError("probe=knn needs validation clips to score; give a data source with a validation set "
+                              "(data.val_size > 0, or validation manifests).")
+        scores = knn_scores(bank, bank_labels, queries, self.num_classes, k, temperature)
+        hits = scores.argmax(1) == labels
+        per_class = [float(hits[labels == c].float().mean()) if (labels == c).any() else 0.0
+                     for c in range(self.num_classes)]
+        self.results = [{"head": 0, "k": k, "temperature": temperature, "top1": topk_accuracy(scores, labels, 1),
+                         "top5": topk_accuracy(scores, labels, 5), "per_class_top1": per_class,
+                         "train_clips": len(bank), "val_clips": len(queries), "rankme": rankme(queries)}]
+
+    def best(self) -> dict:
+        return self.results[0]
+
+    def selected(self) -> dict:
+        r = self.results[0]
+        return {"top1": r["top1"], "top5": r["top5"], "heads": [0, 0], "fold_sizes": None}
+
+
+def head_setting(r: dict) -> str:
+    """'lr 5e-03, wd 0.01' for an attentive head, 'k 20, T 0.07' for the k-NN."""
+    return f"k {r['k']}, T {r['temperature']:g}" if "k" in r else f"lr {r['lr']:.0e}, wd {r['weight_decay']:g}"
 
 
 def check_probe_config(cfg: DictConfig) -> None:
@@ -39,6 +77,15 @@ def check_probe_config(cfg: DictConfig) -> None:
     if cfg.get("ckpt") is not None and not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
     p = cfg.probe
+    method = p.get("method", "attentive")
+    if method not in METHODS:
+        raise ConfigError(f"probe.method={method!r} is not known; allowed values are {', '.join(METHODS)} "
+                          f"(probe=knn selects the k-NN).")
+    if method == "knn":
+        check_int(p.get("k"), "probe.k")
+        if not (isinstance(p.get("temperature"), (int, float)) and p.temperature > 0):
+            raise ConfigError(f"probe.temperature={p.get('temperature')!r} is not allowed; give a number > 0 "
+                              f"(DINO's vote uses 0.07).")
     if not p.lrs or not p.weight_decays:
         raise ConfigError("probe.lrs and probe.weight_decays must each hold at least one value.")
     if any(v <= 0 for v in p.lrs) or any(v < 0 for v in p.weight_decays):
@@ -53,12 +100,12 @@ def check_probe_config(cfg: DictConfig) -> None:
 
 def results_table(results: list[dict], best: dict) -> rich.table.Table:
     table = rich.table.Table(title="Probe heads (validation)")
-    for column in ("head", "lr", "weight decay", "top-1", "top-5"):
+    for column in ("head", "setting", "top-1", "top-5"):
         table.add_column(column, justify="right")
     for r in results:
         style = "bold green" if r["head"] == best["head"] else None
-        table.add_row(str(r["head"]), f"{r['lr']:.0e}", f"{r['weight_decay']:g}", f"{100 * r['top1']:.2f}",
-                      f"{100 * r['top5']:.2f}", style=style)
+        table.add_row(str(r["head"]), head_setting(r), f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
+                      style=style)
     return table
 
 
@@ -78,6 +125,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
                                cfg.probe.get("init_seed"))
         datamodule = instantiate_checked(cfg.data)
         datamodule.setup("fit")
+        if cfg.probe.get("method", "attentive") == "knn":
+            return knn_probe(cfg, encoder, datamodule)
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
                                 cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
                                 cfg.probe.final_lr_fraction, cfg.probe.label_smoothing,
@@ -97,6 +146,22 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(loggers)
 
 
+def knn_probe(cfg: DictConfig, encoder, datamodule) -> dict[str, Any]:
+    """probe=knn: one pass over the training clips (the bank) and the validation clips."""
+    device = torch.device("cuda" if torch.cuda.is_available() and str(cfg.trainer.accelerator) != "cpu" else "cpu")
+    reading = KNNProbe(encoder, datamodule, int(cfg.probe.k), float(cfg.probe.temperature),
+                       plain(cfg.probe.get("levels")), device)
+    loggers = build_loggers(cfg)
+    try:
+        for logger in loggers:
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
+            logger.log_metrics({"probe/val_top1_best": reading.best()["top1"],
+                                "probe/val_top5_best": reading.best()["top5"]}, step=0)
+        return report(cfg, encoder.attention.tag, reading, loggers)
+    finally:
+        close_loggers(loggers)
+
+
 def probe_settings(cfg: DictConfig) -> dict[str, Any]:
     """Everything that decides a probe's result except the checkpoint (and the seed of random
     weights, which belongs to the job like its checkpoint): two probes with equal settings are
@@ -111,16 +176,17 @@ def probe_settings(cfg: DictConfig) -> dict[str, Any]:
 def wandb_summary(results: dict[str, Any]) -> dict[str, float]:
     """The probe's numbers as W&B summary keys."""
     best, selected = results["best"], results["selected"]
-    summary = {"probe/best_top1": best["top1"], "probe/best_top5": best["top5"], "probe/best_lr": best["lr"],
-               "probe/best_wd": best["weight_decay"]}
+    summary = {"probe/best_top1": best["top1"], "probe/best_top5": best["top5"]}
+    if best.get("lr") is not None:
+        summary.update({"probe/best_lr": best["lr"], "probe/best_wd": best["weight_decay"]})
     if selected is not None:
         summary.update({"probe/selected_top1": selected["top1"], "probe/selected_top5": selected["top5"]})
-    if results["random_init"]:  # random weights of the same architecture: the baseline, under its own keys
-        summary = {k.replace("probe/", "probe_random/", 1): v for k, v in summary.items()}
-    return summary
+    # the k-NN and random weights (the baseline) under their own keys, as in a sweep's probe folders
+    prefix = ("probe_knn" if results.get("method") == "knn" else "probe") + ("_random" if results["random_init"] else "")
+    return {k.replace("probe/", prefix + "/", 1): v for k, v in summary.items()}
 
 
-def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers: list) -> dict[str, Any]:
+def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe | KNNProbe, loggers: list) -> dict[str, Any]:
     """results.json, the rich table, and the probe's numbers in W&B: the probe's own run (with
     logger=wandb) and the training run the checkpoint came from (if it logged to W&B)."""
     best, selected = module.best(), module.selected()
@@ -132,7 +198,9 @@ def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers:
         "attention": attention_tag,
         "num_classes": module.num_classes,
         "chance_top1": 1.0 / module.num_classes,
-        "best": {k: best[k] for k in ("head", "lr", "weight_decay", "top1", "top5", "per_class_top1")},
+        "method": cfg.probe.get("method", "attentive"),
+        "best": {k: best[k] for k in ("head", "lr", "weight_decay", "k", "temperature", "top1", "top5",
+                                      "per_class_top1", "rankme") if k in best},
         "selected": selected,
         "heads": module.results,
         "settings": probe_settings(cfg),
@@ -140,10 +208,10 @@ def report(cfg: DictConfig, attention_tag: str, module: MultiHeadProbe, loggers:
     out = Path(cfg.paths.output_dir) / RESULTS_FILE
     atomic_write_text(out, json.dumps(results, indent=2))
     rich.print(results_table(module.results, best))
-    rich.print(f"best head {best['head']} (lr {best['lr']:g}, wd {best['weight_decay']:g}): "
+    rich.print(f"best head {best['head']} ({head_setting(best)}): "
                f"top-1 {100 * best['top1']:.2f}%, top-5 {100 * best['top5']:.2f}% "
                f"(chance {100 / module.num_classes:.2f}%); written to {out}")
-    if selected is not None:
+    if selected is not None and len(module.results) > 1:
         rich.print(f"head chosen on the other half of the validation clips: top-1 {100 * selected['top1']:.2f}%, "
                    f"top-5 {100 * selected['top5']:.2f}% (heads {selected['heads'][0]} and {selected['heads'][1]})")
     summary = wandb_summary(results)

@@ -41,7 +41,9 @@ class Outcome:
 
 
 def probe_dir_name(cfg: DictConfig) -> str:
-    return cfg.get("probe_dir") or ("probe_random" if cfg.probe.random_init else "probe")
+    """probe_dir, else probe / probe_knn (probe=knn), with _random for random weights."""
+    base = "probe_knn" if cfg.probe.get("method", "attentive") == "knn" else "probe"
+    return cfg.get("probe_dir") or (base + "_random" if cfg.probe.random_init else base)
 
 
 def earlier_results(job: Job, name: str) -> dict | None:

@@ -44,6 +44,14 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, dict[str, Any]], ...]], ...] = (
         ("ScatterPlot", {"title": "probe top-1 (best head, optimistic) vs attention FLOP ratio",
                          "x": "flops/attention_ratio", "y": "probe/best_top1"}),
     )),
+    ("Learning signals", (
+        ("LinePlot", {"title": "online k-NN top-1 per attention layout", "x": "Step", "y": ["online/knn_top1"],
+                      **SPREAD}),
+        ("LinePlot", {"title": "RankMe of the encoders' pooled features (collapse: towards 1)", "x": "Step",
+                      "y": ["collapse/rankme_target", "collapse/rankme_online"], **SPREAD}),
+        ("ScatterPlot", {"title": "online k-NN top-1 at the end vs attention FLOP ratio",
+                         "x": "flops/attention_ratio", "y": "online/knn_top1"}),
+    )),
     ("Speed", (
         ("BarPlot", {"title": "step time (s) per attention layout", "metrics": ["perf/step_time_s"], **SPREAD}),
         ("ScatterPlot", {"title": "probe top-1 (head selected on held-out half) vs step time (s)",

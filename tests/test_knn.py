@@ -2,6 +2,7 @@
 of known rank), and the online k-NN of a training run: logged at the right steps, the same after a
 resume, and without any effect on the trained weights."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from stjepa.knn import knn_evaluate, knn_scores, pooled_features, rankme, topk_accuracy
 from stjepa.online_eval import evaluation_indices, labelled_source
-from train_helpers import FAST, compose_config, read_metrics, series
+from train_helpers import FAST, compose_config, read_metrics, run_script, series
 
 
 def test_knn_votes_match_scikit_learn_with_exponential_cosine_weights():
@@ -79,6 +80,29 @@ def test_evaluation_clips_are_fixed_by_the_seed_and_queries_never_in_the_bank():
     assert queries == list(range(12)) and not overlap
 
 
+def test_evaluations_draw_the_same_randomness_and_leave_the_runs_random_state_alone():
+    import random
+
+    from stjepa.online_eval import fixed_random_state
+
+    def draws():
+        return float(torch.rand(1)), random.random(), float(np.random.rand())
+
+    def reseed():
+        torch.manual_seed(1)
+        random.seed(1)
+        np.random.seed(1)
+
+    reseed()
+    with fixed_random_state(5, torch.device("cpu")):
+        inside = draws()
+    after = draws()
+    reseed()
+    assert after == draws()  # as if the block had not run
+    with fixed_random_state(5, torch.device("cpu")):
+        assert draws() == inside  # every evaluation sees the same random crops
+
+
 def test_unlabelled_data_switches_the_knn_off_with_one_sentence():
     class OneClass:
         modality, num_classes = "video", 1
@@ -87,15 +111,18 @@ def test_unlabelled_data_switches_the_knn_off_with_one_sentence():
     assert source is None and "has no class labels" in why and "callbacks.online_knn=null" in why
 
 
-KNN = ["callbacks.online_knn.every_n_train_steps=2", "callbacks.online_knn.train_clips=24",
+KNN = ["callbacks.online_knn.every_n_train_steps=2", "callbacks.online_knn.at_start=true",
+       "callbacks.online_knn.train_clips=24",
        "callbacks.online_knn.val_clips=16", "callbacks.online_knn.k=5", "callbacks.online_knn.batch_size=8",
-       "data.val_size=16", "trainer.max_steps=5", "attention=area_2x2"]
+       "data.val_size=16", "trainer.max_steps=5", "attention=area_2x2",
+       "callbacks.collapse_monitor.every_n_train_steps=2", "callbacks.collapse_monitor.clips=8"]
 
 
-def run_train(run_dir, *overrides):  # FAST, but with the online k-NN on
+def run_train(run_dir, *overrides):  # FAST, but with the online k-NN and the collapse monitor on
     from stjepa.train_job import train
 
-    return train(compose_config(run_dir, [*(o for o in FAST if not o.startswith("callbacks.online_knn")), *overrides]))
+    kept = [o for o in FAST if not o.startswith(("callbacks.online_knn", "callbacks.collapse_monitor"))]
+    return train(compose_config(run_dir, [*kept, *overrides]))
 
 
 def final_weights(run_dir):
@@ -105,12 +132,16 @@ def final_weights(run_dir):
 @pytest.mark.slow
 def test_online_knn_logs_at_start_every_n_steps_and_end_and_changes_no_weight(tmp_path):
     run_train(tmp_path / "with", *KNN)
-    run_train(tmp_path / "without", *KNN, "callbacks.online_knn=null")
+    run_train(tmp_path / "without", *KNN, "callbacks.online_knn=null", "callbacks.collapse_monitor=null")
     rows = read_metrics(tmp_path / "with")
     top1 = series(rows, "online/knn_top1")
     assert [s for s, _ in top1] == [0, 2, 4, 5]
     assert all(0.0 <= v <= 1.0 for _, v in top1 + series(rows, "online/knn_top5"))
     assert not series(read_metrics(tmp_path / "without"), "online/knn_top1")
+    for key in ("collapse/rankme_target", "collapse/rankme_online", "collapse/rankme_pred", "collapse/rankme_pred_targets"):
+        values = series(rows, key)
+        assert [s for s, _ in values] == [2, 4], key
+        assert all(1.0 <= v <= 192 for _, v in values), key  # between 1 and the feature width
     a, b = final_weights(tmp_path / "with"), final_weights(tmp_path / "without")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -125,3 +156,41 @@ def test_online_knn_of_a_resumed_run_continues_the_curve_exactly(tmp_path):
     resumed = dict(series(read_metrics(tmp_path / "resumed"), "online/knn_top1"))
     assert sorted(resumed) == [4, 5]
     assert resumed == {s: straight[s] for s in (4, 5)}
+
+
+def test_collapse_monitor_warns_once_or_stops_below_the_fraction_of_its_running_maximum():
+    from stjepa.errors import CollapseError
+    from stjepa.online_eval import CollapseMonitor
+
+    monitor = CollapseMonitor(min_fraction=0.5, encoder_key="encoder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step, value in enumerate([4.0, 10.0, 6.0, 5.0, 4.9, 3.0]):
+            monitor.check(value, step, trainer=None)
+    assert monitor.running_max == 10.0
+    (warning,) = caught  # once, at the first value below 5.0
+    assert str(warning.message).startswith("step 4: the effective rank (RankMe) of the encoder's features fell to "
+                                           "4.90, below 0.5 of its running maximum 10.00")
+    stopping = CollapseMonitor(min_fraction=0.5, action="stop")
+    stopping.check(8.0, 0, trainer=None)
+    with pytest.raises(CollapseError, match="step 7: .* fell to 3.00.*keeps its last checkpoint"):
+        stopping.check(3.0, 7, trainer=None)
+    with pytest.raises(Exception, match="action"):
+        CollapseMonitor(action="halt")
+
+
+@pytest.mark.slow
+def test_online_knn_under_ddp_runs_on_rank_0_over_the_same_clips_as_one_process(tmp_path):
+    knn = ["+callbacks.knn._target_=stjepa.online_eval.OnlineKNN", "+callbacks.knn.every_n_train_steps=2",
+           "+callbacks.knn.at_start=true",
+           "+callbacks.knn.train_clips=24", "+callbacks.knn.val_clips=16", "+callbacks.knn.k=5", "data.val_size=16",
+           "trainer.max_steps=3"]
+    out = run_script("train.py", *FAST, *knn, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     f"hydra.run.dir={tmp_path / 'ddp'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ddp = series(read_metrics(tmp_path / "ddp"), "online/knn_top1")
+    assert [s for s, _ in ddp] == [0, 2, 3]  # once per evaluation: rank 0 alone logs
+    out = run_script("train.py", *FAST, *knn, f"hydra.run.dir={tmp_path / 'one'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = series(read_metrics(tmp_path / "one"), "online/knn_top1")
+    assert one[0] == ddp[0]  # step 0: the same weights, the same clips, the same reading

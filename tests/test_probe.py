@@ -288,3 +288,53 @@ def test_a_sweeps_random_baselines_take_each_jobs_training_seed(tmp_path):
     assert job_cfg.paths.output_dir == str(tmp_path / "7" / "probe_random") and job_cfg.sweep is None
     fixed = compose_config(tmp_path, ["sweep=x", "probe.random_init=true", "probe.init_seed=11"], config_name="probe")
     assert job_config(fixed, job, "probe_random").probe.init_seed == 11  # a seed given on the command line wins
+
+
+def test_knn_probe_matches_scikit_learn_on_the_encoders_own_tokens(tmp_path, train_ckpt):
+    """probe=knn end to end: its results.json against scikit-learn's weighted k-NN on token means
+    computed here from the loaded encoder and the dataset items."""
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from stjepa.data.synthetic import MovingShapesDataset
+    from stjepa.probe_job import probe
+
+    cfg = compose_config(tmp_path, [f"ckpt={train_ckpt}", "probe=knn", "probe.k=7", "data.train_size=96",
+                                    "data.val_size=40", "data.batch_size=16", "data.num_workers=0",
+                                    "print_config=false"], config_name="probe")
+    results = probe(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["method"] == "knn" and saved["best"]["k"] == 7 and len(saved["heads"]) == 1
+    assert saved["selected"]["top1"] == saved["best"]["top1"] == results["best"]["top1"]
+
+    encoder = load_encoder(train_ckpt).eval()
+    options = dict(label="direction", frame_step=cfg.data.frame_step, num_shapes=cfg.data.num_shapes,
+                   boundary=cfg.data.boundary, colors=cfg.data.colors, noise=cfg.data.noise)
+
+    def features(n, seed):
+        data = MovingShapesDataset(n, 8, 64, seed, **options)
+        with torch.no_grad():
+            video = torch.stack([data[i]["video"] for i in range(n)])
+            return encoder(video).mean(1).double().numpy(), np.array([data[i]["label"] for i in range(n)])
+
+    bank, bank_labels = features(96, 0)  # data.seed = seed 0; validation clips use seed + 7919
+    queries, labels = features(40, 7919)
+    reference = KNeighborsClassifier(n_neighbors=7, metric="cosine", algorithm="brute",
+                                     weights=lambda d: np.exp((1 - d) / 0.07)).fit(bank, bank_labels)
+    assert saved["best"]["top1"] == pytest.approx(float((reference.predict(queries) == labels).mean()))
+    singular = np.linalg.svd(queries, compute_uv=False)
+    p = singular / singular.sum() + 1e-7
+    assert saved["best"]["rankme"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_probe_py_knn_of_a_sweep_goes_to_its_own_folder(tmp_path, train_ckpt):
+    out = run_script("probe.py", f"ckpt={train_ckpt}", "probe=knn", "probe.k=0", "data.num_workers=0",
+                     f"hydra.run.dir={tmp_path / 'bad'}")
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == \
+        "error: probe.k=0 is not allowed; allowed values are integers >= 1."
+    from stjepa.probe_sweep import probe_dir_name
+
+    for overrides, name in (([], "probe_knn"), (["probe.random_init=true"], "probe_knn_random")):
+        cfg = compose_config(tmp_path, ["sweep=x", "probe=knn", *overrides], config_name="probe")
+        assert probe_dir_name(cfg) == name

@@ -161,6 +161,12 @@ BAD_CONFIGS = [
     (["trainer.max_steps=abc"], "trainer.max_steps='abc' is not allowed; allowed values are integers >= -1."),
     (["seed=abc"], "seed='abc' is not allowed; allowed values are integers >= 0."),
     (["callbacks.nonfinite_guard.action=ignore"], "callbacks.nonfinite_guard.action='ignore' is not known"),
+    (["callbacks.online_knn.every_n_train_steps=0"], "callbacks.online_knn.every_n_train_steps=0 is not allowed; "
+                                                     "allowed values are integers >= 1."),
+    (["callbacks.online_knn.temperature=-1"], "callbacks.online_knn.temperature=-1 is not allowed; give a number > 0"),
+    (["callbacks.collapse_monitor.min_fraction=1.5"], "callbacks.collapse_monitor.min_fraction=1.5 is not allowed"),
+    (["callbacks.collapse_monitor.action=halt"], "callbacks.collapse_monitor.action='halt' is not known; allowed "
+                                                 "values are warn, stop."),
     (["data=kinetics"], "data.train_manifest must be set (it is marked ??? in the config)"),
     (["attention=nbhd_3x7x7"], "attention.window=[3, 7, 7] with attention.dilation=[1, 1, 1] does not fit the 4 cells "
                                "of the h axis"),
@@ -347,6 +353,8 @@ def test_synthetic_motion_preset_needs_no_files_and_keeps_command_line_choices(t
     check_train_config(cfg)
     assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.data.frame_hold == 2
     assert list(cfg.optim.ema) == [1.0, 1.0] and cfg.model.pred_depth == 1
+    # the target stays random: the online signals read the trained encoder
+    assert cfg.callbacks.online_knn.encoder_key == cfg.callbacks.collapse_monitor.encoder_key == "encoder"
     assert cfg.attention.height_splits == 2 and cfg.attention.width_splits == 2  # the command line wins
     assert cfg.trainer.max_steps == 7
 

@@ -49,7 +49,11 @@ def test_runset_holds_exactly_the_group_grouped_by_layout(group):
 
 def test_sections_hold_the_named_panels_and_metric_keys():
     sections = panels_by_section(spec(sweep_workspace("me", "stjepa", GROUP)))
-    assert list(sections) == ["Loss", "Accuracy per FLOP", "Speed"]
+    assert list(sections) == ["Loss", "Accuracy per FLOP", "Learning signals", "Speed"]
+    signals = [(kind, c["xAxis"], c.get("metrics") or c.get("yAxis")) for kind, c in sections["Learning signals"]]
+    assert signals == [("Run History Line Plot", "_step", ["online/knn_top1"]),
+                       ("Run History Line Plot", "_step", ["collapse/rankme_target", "collapse/rankme_online"]),
+                       ("Scatter Plot", "summary:flops/attention_ratio", "summary:online/knn_top1")]
 
     lines = [(kind, c["xAxis"], c["metrics"], c["groupAgg"], c["groupArea"]) for kind, c in sections["Loss"]]
     assert lines == [("Run History Line Plot", "_step", ["train/loss"], "mean", "stddev"),

@@ -12,7 +12,8 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1", "data.num_workers=0", "print_config=false",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "callbacks.online_knn=null"]
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "callbacks.online_knn=null",
+        "callbacks.collapse_monitor=null"]
 
 
 def compose_config(tmp_path, overrides=(), config_name="train"):
