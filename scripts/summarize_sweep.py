@@ -12,7 +12,8 @@ import sys
 import rich
 
 from stjepa.errors import UserError
-from stjepa.sweep_summary import markdown, rich_table, significant_differences, summarize_sweep, write_summary
+from stjepa.sweep_summary import (markdown, ranking_agreement, rich_table, significant_differences, summarize_sweep,
+                                  write_summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = write_summary(summary)
     rich.print(rich_table(summary))
-    for line in significant_differences(summary) + summary.notes:
+    for line in significant_differences(summary) + ranking_agreement(summary) + summary.notes:
         rich.print(f"- {line}")
     rich.print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0

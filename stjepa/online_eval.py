@@ -181,7 +181,7 @@ class OnlineKNN(L.Callback):
 
 
 class CollapseMonitor(L.Callback):
-    def __init__(self, every_n_train_steps: int = 100, clips: int = 64, encoder_key: str = "target_encoder",
+    def __init__(self, every_n_train_steps: int = 100, clips: int = 32, encoder_key: str = "target_encoder",
                  min_fraction: float = 0.5, action: str = "warn") -> None:
         positive_int(every_n_train_steps, "every_n_train_steps")
         positive_int(clips, "clips", 2)
@@ -195,6 +195,7 @@ class CollapseMonitor(L.Callback):
         self.running_max = 0.0
         self.warned = False
         self.batch: dict | None = None
+        self.source: Any = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"running_max": self.running_max, "warned": self.warned}
@@ -204,30 +205,51 @@ class CollapseMonitor(L.Callback):
         self.warned = state_dict.get("warned", False)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.batch = None
+        self.batch, self.source = None, None
         if stage != "fit" or trainer.datamodule is None or fsdp_off(trainer, "collapse monitor"):
             return
-        datamodule = trainer.datamodule
-        source = next(iter(getattr(datamodule, "sources", None) or [datamodule]))
-        source.setup("fit")
-        order = torch.randperm(len(source.train_set), generator=torch.Generator().manual_seed(int(source.seed)))
-        collate = source.masking or Collate()  # the run's own masks for these clips (seeded by their indices)
-        self.batch = collate([source.train_set[i] for i in order[:self.clips].tolist()])
+        self.source = next(iter(getattr(trainer.datamodule, "sources", None) or [trainer.datamodule]))
+
+    def fixed_batch(self) -> dict:
+        """The evaluation batch, read at the first measurement (after the data module's own checks
+        of the data): ``clips`` seeded training clips with the run's own masks."""
+        if self.batch is None:
+            source = self.source
+            source.setup("fit")
+            order = torch.randperm(len(source.train_set), generator=torch.Generator().manual_seed(int(source.seed)))
+            collate = source.masking or Collate()
+            with fixed_random_state(int(source.seed), torch.device("cpu")):
+                self.batch = collate([source.train_set[i] for i in order[:self.clips].tolist()])
+        return self.batch
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # step 0 (not after a resume): the starting weights' rank, logged as a reference but left
+        # out of the running maximum; the rank of pooled features usually falls from its random-
+        # initialisation value early in a healthy run (BENCHMARKS: synthetic-motion pilot)
+        if trainer.global_step == 0:
+            self.log_measurement(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.batch is None or trainer.global_rank != 0 or step % self.every:
-            return
+        if trainer.global_step % self.every == 0:
+            metrics = self.log_measurement(trainer, pl_module)
+            if metrics:
+                self.check(metrics["collapse/rankme_" + ("target" if self.encoder_key == "target_encoder" else "online")],
+                           trainer.global_step, trainer)
+
+    def log_measurement(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:
+        if self.source is None or trainer.global_rank != 0:
+            return None
+        start = time.perf_counter()
         metrics = self.measure(pl_module)
+        metrics["collapse/seconds"] = time.perf_counter() - start
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        self.check(metrics["collapse/rankme_" + ("target" if self.encoder_key == "target_encoder" else "online")],
-                   step, trainer)
+            logger.log_metrics(metrics, step=trainer.global_step)
+        return metrics
 
     def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
         batch = {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else
-                 [m.to(pl_module.device) for m in v] if isinstance(v, list) else v for k, v in self.batch.items()}
+                 [m.to(pl_module.device) for m in v] if isinstance(v, list) else v for k, v in self.fixed_batch().items()}
         batch = pl_module.on_after_batch_transfer(batch, 0)
         modes = {name: getattr(pl_module, name).training for name in ("encoder", "target_encoder", "predictor")}
         with fixed_random_state(0, pl_module.device):

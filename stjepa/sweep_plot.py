@@ -1,14 +1,19 @@
 """summary.png of a sweep: probe top-1 against attention FLOPs and against step time (one marker
 per attention kind, error bars over seeds only where a group has two or more runs, the Pareto
-front joined by a line, random-weight baselines hollow), and the train-loss curves per group."""
+front joined by a line, random-weight baselines hollow), the train-loss curves per group and, in the
+rows below, the learning signals the runs logged (online k-NN, RankMe) per group."""
 from __future__ import annotations
 
+import math
 import statistics
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint_io import atomic_write_bytes
-from .sweep_summary import SweepSummary
+
+if TYPE_CHECKING:  # sweep_summary reads CURVE_PANELS to know which training-log series to keep
+    from .sweep_summary import SweepSummary
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 SMOOTHING = 25  # logged steps in the running mean of the loss curves
@@ -64,21 +69,37 @@ def scatter_panel(ax, summary: SweepSummary, cost: str, cost_label: str) -> None
     ax.grid(alpha=0.3)
 
 
-def loss_panel(ax, summary: SweepSummary) -> None:
+# the curve panels, one per training-log series (the train loss in the first row, the learning
+# signals the runs logged in the rows below): series -> (y label, scale, running-mean window in logged points)
+CURVE_PANELS = {
+    "train/loss": (f"train loss (running mean of {SMOOTHING} logged steps)", 1.0, SMOOTHING),
+    "online/knn_top1": ("online k-NN top-1, % (step 0: the starting weights)", 100.0, 1),
+    "collapse/rankme_online": ("RankMe of the online encoder's pooled features", 1.0, 1),
+    "collapse/rankme_target": ("RankMe of the target encoder's pooled features", 1.0, 1),
+    "collapse/rankme_pred": ("RankMe of the predictor's outputs", 1.0, 1),
+    "collapse/rankme_pred_targets": ("RankMe of the targets of those outputs", 1.0, 1),
+}
+
+
+def curve_panel(ax, summary: SweepSummary, name: str) -> None:
+    """One line per group: the mean over its runs of the series ``name`` (band: ± standard error
+    where a group has two or more runs)."""
+    label, scale, window = CURVE_PANELS[name]
     for i, (key, runs) in enumerate(summary.curves.items()):
-        runs = [r for r in runs if r]
+        runs = [r[name] for r in runs if r.get(name)]
         if not runs:
             continue
         steps = [s for s, _ in runs[0]]
-        per_step = list(zip(*(running_mean([v for _, v in r], SMOOTHING) for r in runs)))  # shortest run wins
+        per_step = list(zip(*(running_mean([scale * v for _, v in r], window) for r in runs)))  # shortest run wins
         mean = [statistics.fmean(v) for v in per_step]
-        ax.plot(steps[:len(mean)], mean, color=f"C{i % 10}", label=f"{' '.join(key) or 'all runs'} (n={len(runs)})")
+        ax.plot(steps[:len(mean)], mean, color=f"C{i % 10}", marker="o" if len(mean) < 20 else None, markersize=4,
+                label=f"{' '.join(key) or 'all runs'} (n={len(runs)})")
         if len(runs) > 1:
             se = [statistics.stdev(v) / len(v) ** 0.5 for v in per_step]
             ax.fill_between(steps[:len(mean)], [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
                             color=f"C{i % 10}", alpha=0.2)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"train loss (running mean of {SMOOTHING} logged steps; band: ± standard error)")
+    ax.set_ylabel(label + "; band: ± standard error" if window > 1 else label)
     ax.grid(alpha=0.3)
 
 
@@ -88,18 +109,26 @@ def plot_summary(summary: SweepSummary, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
-    scatter_panel(axes[0], summary, "attention_flop_ratio", "attention FLOPs / global attention")
-    scatter_panel(axes[1], summary, "step_time_median_s", "median step time (s)")
-    loss_panel(axes[2], summary)
-    handles, labels = axes[0].get_legend_handles_labels()
+    signals = [n for n in CURVE_PANELS if n != "train/loss" and any(r.get(n) for runs in summary.curves.values()
+                                                                       for r in runs)]
+    rows = 1 + math.ceil(len(signals) / 3)  # the learning signals the runs logged, three to a row
+    fig, axes = plt.subplots(rows, 3, figsize=(19, 6 * rows), squeeze=False)
+    scatter_panel(axes[0][0], summary, "attention_flop_ratio", "attention FLOPs / global attention")
+    scatter_panel(axes[0][1], summary, "step_time_median_s", "median step time (s)")
+    curve_panel(axes[0][2], summary, "train/loss")
+    axes[0][2].legend(fontsize=7)
+    below = [ax for row in axes[1:] for ax in row]
+    for ax, name in zip(below, signals):
+        curve_panel(ax, summary, name)
+    for ax in below[len(signals):]:
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    axes[2].legend(fontsize=7)
     kinds = sorted({g.kind for g in summary.groups})
     fig.suptitle(f"{summary.folder.name}: markers by kind ({', '.join(f'{MARKERS[i % len(MARKERS)]} {k}' for i, k in enumerate(kinds))}); "
                  f"error bars: ± standard error over seeds (groups of one run have none); hollow: random weights")
-    fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 0.95))
+    fig.tight_layout(rect=(0, (0.12 if handles else 0) / rows, 1, 1 - 0.05 / rows))
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .loggers import attention_kind
 from .model_config import split_attention
 from .models.attention_config import AttentionConfig
+from .sweep_plot import CURVE_PANELS, plot_summary
 from .sweeps import FINISHED, SEED_KEY, Job, first_difference, group_keys, read_sweep
 
 WARMUP_STEPS = 10  # step times and throughput of the first steps (compilation, caches) are left out
@@ -52,6 +53,8 @@ PERCENT = (*PROBE_METRICS, "knn_top1_start", "knn_top1_final", "knn_top5_final",
 # the accuracy a verdict ranks groups by, first present wins: the probe head chosen on held-out
 # clips (the honest reading), the best probe head, the online k-NN at the end of training
 ACCURACY_METRICS = ("probe_selected_top1", "probe_best_top1", "knn_top1_final")
+# the training-log series drawn as curves per group in summary.png (learning signals: README "Training")
+CURVES = tuple(CURVE_PANELS)
 
 
 @dataclass
@@ -65,14 +68,15 @@ class Group:
 
     @property
     def label(self) -> str:
-        """'attention=area_2x2', plus the probe folder when it is not a default one, '(not
-        probed)' for jobs without probe results, and 'random weights' for baselines."""
+        """'attention=area_2x2', plus the probe folder when it is not a default one, '(online
+        k-NN)' or '(not probed)' for jobs without probe results (with or without the online k-NN
+        at the end of training), and 'random weights' for baselines."""
         *values, probe = self.key
         label = " ".join(v for v in values if v) or "all runs"
         if probe not in ("", "probe", "probe_random"):
             label += f" [{probe}]"
         if probe == "":
-            label += " (not probed)"
+            label += " (online k-NN)" if any(r.get("knn_top1_final") is not None for r in self.rows) else " (not probed)"
         return label + (" random weights" if self.weights == "random" else "")
 
 
@@ -83,7 +87,8 @@ class SweepSummary:
     rows: list[dict]
     groups: list[Group]
     notes: list[str]
-    curves: dict[tuple[str, ...], list[list[tuple[int, float]]]]  # group key -> each run's train/loss
+    # group key -> each run's {CURVES name: [(step, value), ...]} (names the run did not log are absent)
+    curves: dict[tuple[str, ...], list[dict[str, list[tuple[int, float]]]]]
 
     @property
     def has_probes(self) -> bool:
@@ -119,8 +124,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return [not dominated(i) for i in range(len(points))]
 
 
-def read_training_log(job: Job) -> tuple[dict[str, float | None], list[tuple[int, float]]]:
-    """The training metrics of a job (see TRAIN_METRICS) and its train/loss curve."""
+def read_training_log(job: Job) -> tuple[dict[str, float | None], dict[str, list[tuple[int, float]]]]:
+    """The training metrics of a job (see TRAIN_METRICS) and its CURVES that it logged."""
     path = job.folder / "csv" / "metrics.csv"
     rows = list(csv.DictReader(path.open())) if path.is_file() else []
 
@@ -139,7 +144,7 @@ def read_training_log(job: Job) -> tuple[dict[str, float | None], list[tuple[int
         "tokens_per_s_median": statistics.median(steady("perf/tokens_per_s")) if series("perf/tokens_per_s") else None,
         "peak_memory_gib": max((v for _, v in series("perf/peak_memory_gib")), default=None),
         **knn_columns(series("online/knn_top1"), last("online/knn_top5")),
-    }, loss
+    }, {name: series(name) for name in CURVES if series(name)}
 
 
 def knn_columns(top1: list[tuple[int, float]], top5_final: float | None) -> dict[str, float | None]:
@@ -193,7 +198,7 @@ def summarize_sweep(folder: str | Path) -> SweepSummary:
         base = {"job": job.num, "state": job.describe_state(), **{k: job.swept.get(k, "") for k in keys},
                 SEED_KEY: job.seed, "layout": AttentionConfig.create(split_attention(attention)[0]).tag,
                 "kind": attention_kind(attention), "folder": str(job.folder)}
-        train, loss = read_training_log(job)
+        train, run_curves = read_training_log(job)
         probes = probe_results(job) if job.state == FINISHED else {}
         if job.state != FINISHED:
             notes.append(f"{job.label} is {job.describe_state()}: listed, left out of the groups.")
@@ -207,7 +212,7 @@ def summarize_sweep(folder: str | Path) -> SweepSummary:
             if results:
                 settings[id(row)] = results.get("settings") or {}
         if job.state == FINISHED:
-            curves.setdefault(tuple(f"{k}={base[k]}" for k in keys), []).append(loss)
+            curves.setdefault(tuple(f"{k}={base[k]}" for k in keys), []).append(run_curves)
     check_probed_alike(rows, settings)
     if not any(r["probe"] for r in rows):
         notes.append("no job has probe results, so the probe columns are empty; run python probe.py "
@@ -252,18 +257,68 @@ def significant_differences(summary: SweepSummary, metric: str | None = None) ->
     if metric is None:
         return []
     groups = [g for g in summary.groups if g.weights == "pretrained" and g.stats[metric][0] is not None]
+    percent = metric in PERCENT  # differences in points of accuracy; other metrics in their own unit
+    show = (lambda v, sign="+": f"{100 * v:{sign}.2f}") if percent else (lambda v, sign="+": f"{v:{sign}.4g}")
+    unit = " points" if percent else ""
     lines = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             (ma, sa, na), (mb, sb, nb) = a.stats[metric], b.stats[metric]
-            diff = 100 * (ma - mb)
             if sa is None or sb is None:
-                lines.append(f"{a.label} vs {b.label}: {diff:+.2f} points; no error bar (a group has one run).")
+                lines.append(f"{a.label} vs {b.label}: {show(ma - mb)}{unit}; no error bar (a group has one run).")
                 continue
-            combined = 100 * math.sqrt(sa ** 2 + sb ** 2)
-            verdict = "exceeds" if abs(diff) > 2 * combined else "does not exceed"
-            lines.append(f"{a.label} vs {b.label}: {diff:+.2f} points, {verdict} two combined standard errors "
-                         f"(2 x {combined:.2f}).")
+            combined = math.sqrt(sa ** 2 + sb ** 2)
+            verdict = "exceeds" if abs(ma - mb) > 2 * combined else "does not exceed"
+            lines.append(f"{a.label} vs {b.label}: {show(ma - mb)}{unit}, {verdict} two combined standard errors "
+                         f"(2 x {show(combined, '')}).")
+    return lines
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    result = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            result[i] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the tie-averaged ranks); None when either list
+    has fewer than three values or no spread."""
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / var if var else None
+
+
+def ranking_agreement(summary: SweepSummary) -> list[str]:
+    """Whether the online k-NN at the end of training orders the pretrained runs (and the groups'
+    means) as the probe does: Spearman's rho over the runs that have both, one line each."""
+    probe = next((m for m in ("probe_selected_top1", "probe_best_top1")
+                  if any(r.get(m) is not None for r in summary.rows)), None)
+    if probe is None:
+        return []
+    lines = []
+    runs = [r for r in summary.rows if r["state"] == FINISHED and r["weights"] == "pretrained"
+            and r.get(probe) is not None and r.get("knn_top1_final") is not None]
+    groups = [g for g in summary.groups if g.weights == "pretrained" and g.stats[probe][0] is not None
+              and g.stats["knn_top1_final"][0] is not None]
+    for what, pairs in (("runs", [(r["knn_top1_final"], r[probe]) for r in runs]),
+                        ("groups' means", [(g.stats["knn_top1_final"][0], g.stats[probe][0]) for g in groups])):
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+        if rho is not None:
+            lines.append(f"over {len(pairs)} {what}: Spearman's rho = {rho:+.2f} between knn_top1_final and {probe} "
+                         f"(+1: the same order, 0: unrelated, -1: reversed).")
     return lines
 
 
@@ -293,6 +348,9 @@ def markdown(summary: SweepSummary) -> str:
     differences = significant_differences(summary)
     if differences:
         lines += ["", f"Differences in {summary.accuracy}:", *(f"- {d}" for d in differences)]
+    agreement = ranking_agreement(summary)
+    if agreement:
+        lines += ["", "Does the online k-NN rank the runs as the probe does?", *(f"- {a}" for a in agreement)]
     lines += ["", "Columns:", *(f"- `{m}`: {what}" for m, what in METRICS.items())]
     if summary.notes:
         lines += ["", "Notes:", *(f"- {n}" for n in summary.notes)]
@@ -322,7 +380,6 @@ def rich_table(summary: SweepSummary):
 def write_summary(summary: SweepSummary) -> dict[str, Path]:
     """summary.csv, summary.md and summary.png inside the sweep folder."""
     from .checkpoint_io import atomic_write_text
-    from .sweep_plot import plot_summary
 
     paths = {name: summary.folder / f"summary.{name}" for name in ("csv", "md", "png")}
     write_csv(summary, paths["csv"])

@@ -92,14 +92,23 @@ def read_sweep(folder: str | Path) -> list[Job]:
     if not root.is_dir():
         raise ConfigError(f"sweep={str(folder)!r} is not a folder; give the folder a train.py -m run wrote "
                           f"(logs/<task>/multiruns/<time>).")
-    jobs = []
+    jobs, unnumbered = [], []
     for config_file in sorted(root.glob("*/.hydra/config.yaml")):
         job_dir = config_file.parent.parent
         hydra_file, overrides_file = job_dir / ".hydra" / "hydra.yaml", job_dir / ".hydra" / "overrides.yaml"
         num = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num") if hydra_file.is_file() else None
         overrides = parse_overrides(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else {}
-        jobs.append(Job(job_dir, int(num) if num is not None else len(jobs), OmegaConf.load(config_file), overrides,
-                        checkpoint_step(job_dir / "checkpoints" / "last.ckpt")))
+        job = Job(job_dir, -1 if num is None else int(num), OmegaConf.load(config_file), overrides,
+                  checkpoint_step(job_dir / "checkpoints" / "last.ckpt"))
+        (jobs if num is not None else unnumbered).append(job)
+    # a single run (no job number) placed in the folder: its folder name when that is a free
+    # number, else the next number after all others
+    taken = {job.num for job in jobs}
+    for job in sorted(unnumbered, key=lambda j: (not j.folder.name.isdigit(), j.folder.name)):
+        job.num = int(job.folder.name) if job.folder.name.isdigit() and int(job.folder.name) not in taken \
+            else max(taken, default=-1) + 1
+        taken.add(job.num)
+        jobs.append(job)
     if not jobs:
         raise ConfigError(f"{str(folder)!r} is not a sweep: no sub-folder holds a job's .hydra/config.yaml; give "
                           f"the folder a train.py -m run wrote (logs/<task>/multiruns/<time>).")

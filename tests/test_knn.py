@@ -140,8 +140,16 @@ def test_online_knn_logs_at_start_every_n_steps_and_end_and_changes_no_weight(tm
     assert not series(read_metrics(tmp_path / "without"), "online/knn_top1")
     for key in ("collapse/rankme_target", "collapse/rankme_online", "collapse/rankme_pred", "collapse/rankme_pred_targets"):
         values = series(rows, key)
-        assert [s for s, _ in values] == [2, 4], key
-        assert all(1.0 <= v <= 192 for _, v in values), key  # between 1 and the feature width
+        assert [s for s, _ in values] == [0, 2, 4], key  # step 0: the starting weights
+        # between 1 and the feature width; pooled features of the 8 clips: at most 8
+        assert all(1.0 <= v <= (8 if key.endswith(("target", "online")) else 192) for _, v in values), key
+    # at step 0 the target encoder is a copy of the online one: the same features, the same rank
+    assert series(rows, "collapse/rankme_target")[0] == series(rows, "collapse/rankme_online")[0]
+    assert [s for s, v in series(rows, "collapse/seconds") if v > 0] == [0, 2, 4]
+    # the running maximum the warning compares with leaves the step-0 reference out
+    (state,) = [v for k, v in torch.load(tmp_path / "with" / "checkpoints" / "last.ckpt",
+                                         weights_only=False)["callbacks"].items() if "CollapseMonitor" in k]
+    assert state["running_max"] == max(v for s, v in series(rows, "collapse/rankme_target") if s > 0)
     a, b = final_weights(tmp_path / "with"), final_weights(tmp_path / "without")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -156,6 +164,10 @@ def test_online_knn_of_a_resumed_run_continues_the_curve_exactly(tmp_path):
     resumed = dict(series(read_metrics(tmp_path / "resumed"), "online/knn_top1"))
     assert sorted(resumed) == [4, 5]
     assert resumed == {s: straight[s] for s in (4, 5)}
+    # the collapse monitor measures step 0 only in a run that starts there, not after a resume
+    straight_rank = dict(series(read_metrics(tmp_path / "straight"), "collapse/rankme_target"))
+    resumed_rank = dict(series(read_metrics(tmp_path / "resumed"), "collapse/rankme_target"))
+    assert sorted(straight_rank) == [0, 2, 4] and resumed_rank == {4: straight_rank[4]}
 
 
 def test_collapse_monitor_warns_once_or_stops_below_the_fraction_of_its_running_maximum():

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from stjepa.errors import ConfigError
-from stjepa.sweep_summary import markdown, pareto_front, summarize_sweep, write_summary
+from stjepa.sweep_summary import (markdown, pareto_front, ranking_agreement, significant_differences, spearman,
+                                  summarize_sweep, write_summary)
 from train_helpers import ROOT, run_script
 
 FULL = {"kind": "area"}
@@ -20,24 +21,25 @@ SETTINGS = {"probe": {"lrs": [0.001]}, "data": {"val_size": 512}, "seed": 0, "ma
 
 
 def make_job(sweep, num, attention_value, attention, seed, top1=None, loss=(0.9, 0.5), ratio=1.0, step_time=0.5,
-             trained=100, max_steps=100, settings=SETTINGS, random_top1=None, folder=None):
+             trained=100, max_steps=100, settings=SETTINGS, random_top1=None, folder=None, knn=None):
     """One job folder as train.py -m and probe.py sweep=... leave it, with chosen numbers."""
     job = sweep / (folder or str(num))
     (job / ".hydra").mkdir(parents=True)
     config = {"seed": seed, "attention": attention, "trainer": {"max_steps": max_steps}}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+    # num=None: a single run (train.py without -m) placed in the folder, whose job number is ???
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": "???" if num is None else num}}}))
     overrides = [f"attention={attention_value}", f"seed={seed}", "trainer.max_steps=100"]
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / "csv").mkdir()
     with open(job / "csv" / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "train/loss", "flops/attention_ratio", "perf/step_time_s", "perf/tokens_per_s",
-                         "perf/peak_memory_gib", "val/loss"])
+                         "perf/peak_memory_gib", "val/loss", "online/knn_top1"])
         for step in range(20):  # the loss falls linearly from loss[0] to loss[1]; steps < 10 are slower
             value = loss[0] + (loss[1] - loss[0]) * step / 19
             writer.writerow([step, value, ratio, step_time * (3 if step < 10 else 1), 100.0, 0.25 + step / 100,
-                             value + 0.1 if step == 19 else ""])
+                             value + 0.1 if step == 19 else "", knn if knn is not None and step == 19 else ""])
     if trained is not None:
         (job / "checkpoints").mkdir()
         torch.save({"global_step": trained}, job / "checkpoints" / "last.ckpt")
@@ -115,6 +117,10 @@ def test_markdown_shows_error_bars_only_for_several_seeds_and_the_two_standard_e
     assert f"attention=full vs attention=area_2x2: -8.00 points, exceeds two combined standard errors " \
            f"(2 x {combined:.2f})." in text
     assert "attention=full vs attention=nbhd_3x3x3: -3.00 points; no error bar (a group has one run)." in text
+    # a metric that is not an accuracy: differences in its own unit, not in points
+    steps = significant_differences(summarize_sweep(sweep), "step_time_median_s")
+    assert "attention=full vs attention=area_2x2: +0.2, exceeds two combined standard errors (2 x 0)." in steps
+    assert "attention=full vs attention=nbhd_3x3x3: -0.1; no error bar (a group has one run)." in steps
 
 
 def test_files_are_written_inside_the_sweep(sweep):
@@ -123,6 +129,32 @@ def test_files_are_written_inside_the_sweep(sweep):
     assert len(rows) == 11 and {"attention", "seed", "probe_selected_top1", "step_time_median_s"} <= set(rows[0])
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 20_000
     assert paths["md"].read_text().startswith("# Summary of")
+
+
+def test_learning_signal_curves_are_read_per_run_and_drawn_in_a_second_row(sweep):
+    import matplotlib.image
+
+    height_without = matplotlib.image.imread(write_summary(summarize_sweep(sweep))["png"]).shape[0]
+    for folder, (start, final) in (("run-100", (0.25, 0.30)), ("run-99", (0.27, 0.34))):  # full, seeds 0 and 1
+        path = sweep / folder / "csv" / "metrics.csv"
+        rows = list(csv.DictReader(path.open()))
+        rows[0]["online/knn_top1"], rows[19]["online/knn_top1"] = start, final
+        rows[10]["collapse/rankme_online"] = 7.5
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, [*rows[0], "collapse/rankme_online"])
+            writer.writeheader()
+            writer.writerows(rows)
+    summary = summarize_sweep(sweep)
+    runs = summary.curves[("attention=full",)]
+    assert sorted(r["online/knn_top1"] for r in runs if "online/knn_top1" in r) == [[(0, 0.25), (19, 0.30)],
+                                                                                 [(0, 0.27), (19, 0.34)]]
+    assert [r.get("collapse/rankme_online") for r in runs].count([(10, 7.5)]) == 2
+    assert sum("online/knn_top1" not in r for r in runs) == 1  # the third seed logged none
+    assert all(len(r["train/loss"]) == 20 for r in runs)
+    full = next(g for g in summary.groups if g.label == "attention=full")
+    assert full.stats["knn_gain"][0] == pytest.approx(0.06) and full.stats["knn_gain"][2] == 2
+    height_with = matplotlib.image.imread(write_summary(summary)["png"]).shape[0]
+    assert height_with == 2 * height_without  # a second row of panels, as tall as the first
 
 
 def test_differently_probed_jobs_are_refused_in_one_sentence(sweep):
@@ -141,6 +173,18 @@ def test_a_sweep_without_probes_summarises_training_and_says_so(tmp_path):
     assert all(r["probe_selected_top1"] is None for r in summary.rows)
     assert any("no job has probe results, so the probe columns are empty" in n for n in summary.notes)
     assert write_summary(summary)["png"].stat().st_size > 0
+    assert [g.label for g in summary.groups] == ["attention=full (not probed)", "attention=area_2x2 (not probed)"]
+    path = root / "1" / "csv" / "metrics.csv"  # the area job ran the online k-NN at step 0 and at the end
+    rows = list(csv.DictReader(path.open()))
+    rows[0]["online/knn_top1"], rows[19]["online/knn_top1"] = 0.2, 0.25
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize_sweep(root)
+    assert [g.label for g in summary.groups] == ["attention=full (not probed)", "attention=area_2x2 (online k-NN)"]
+    assert summary.accuracy == "knn_top1_final"
+    assert summary.groups[1].stats["knn_gain"][0] == pytest.approx(0.05)
 
 
 @pytest.mark.slow
@@ -156,3 +200,40 @@ def test_summarize_sweep_script_refuses_bad_folders_in_one_line(tmp_path, make, 
     out = run_script(str(ROOT / "scripts" / "summarize_sweep.py"), str(root))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message.format(root=root) in out.stderr
+
+
+def test_spearman_matches_scipy_with_ties():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    generator = torch.Generator().manual_seed(0)
+    for n in (3, 5, 21):
+        a = torch.randint(0, 4, (n,), generator=generator).tolist()  # few values: many ties
+        b = torch.rand(n, generator=generator).tolist()
+        expected = scipy_stats.spearmanr(a, b).statistic
+        got = spearman(a, b)
+        assert (got is None) if math.isnan(expected) else got == pytest.approx(expected, abs=1e-12)
+    assert spearman([1.0, 2.0], [2.0, 1.0]) is None  # two points say nothing
+
+
+@pytest.mark.parametrize("order, rho", [("same", 1.0), ("reversed", -1.0)])
+def test_ranking_agreement_of_the_online_knn_and_the_probe(tmp_path, order, rho):
+    root = tmp_path / "sweep"
+    root.mkdir()
+    top1 = [0.30, 0.34, 0.32, 0.40]
+    for num, value in enumerate(top1):
+        make_job(root, num, "area_2x2", AREA, num, value, knn=value if order == "same" else 1 - value)
+    lines = ranking_agreement(summarize_sweep(root))
+    assert lines == [f"over 4 runs: Spearman's rho = {rho:+.2f} between knn_top1_final and probe_selected_top1 "
+                     "(+1: the same order, 0: unrelated, -1: reversed)."]  # one group: no line for the groups
+    assert lines[0] in markdown(summarize_sweep(root))
+
+
+def test_single_runs_placed_in_a_sweep_get_free_job_numbers(tmp_path):
+    from stjepa.sweeps import read_sweep
+
+    root = tmp_path / "sweep"
+    root.mkdir()
+    for folder, num in (("a", 0), ("b", 5), ("5", None), ("3", None), ("z", None)):
+        make_job(root, num, "full", FULL, 0, folder=folder)
+    numbers = {job.folder.name: job.num for job in read_sweep(root)}
+    # folder names that are free numbers keep them; "5" is job b's, so it and "z" come after all
+    assert numbers == {"a": 0, "b": 5, "3": 3, "5": 6, "z": 7}
