@@ -225,7 +225,7 @@ class CollapseMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # step 0 (not after a resume): the starting weights' rank, logged as a reference but left
         # out of the running maximum; the rank of pooled features usually falls from its random-
-        # initialisation value early in a healthy run (BENCHMARKS: synthetic-motion pilot)
+        # initialisation value early in a run that goes on to learn (BENCHMARKS "The first verdict")
         if trainer.global_step == 0:
             self.log_measurement(trainer, pl_module)
 
