@@ -144,7 +144,7 @@ def read_training_log(job: Job) -> tuple[dict[str, float | None], dict[str, list
         "tokens_per_s_median": statistics.median(steady("perf/tokens_per_s")) if series("perf/tokens_per_s") else None,
         "peak_memory_gib": max((v for _, v in series("perf/peak_memory_gib")), default=None),
         **knn_columns(series("online/knn_top1"), last("online/knn_top5")),
-    }, {name: series(name) for name in CURVES if series(name)}
+    }, {name: values for name in CURVES if (values := series(name))}
 
 
 def knn_columns(top1: list[tuple[int, float]], top5_final: float | None) -> dict[str, float | None]:
@@ -239,14 +239,20 @@ def make_groups(rows: list[dict], keys: list[str]) -> list[Group]:
     return list(groups.values())
 
 
+def format_value(value: float, percent: bool, sign: str = "") -> str:
+    """A fraction as a percentage to 2 decimals, anything else to 4 significant digits; sign="+"
+    always shows the sign."""
+    return f"{100 * value:{sign}.2f}" if percent else f"{value:{sign}.4g}"
+
+
 def format_stat(stat: tuple[float | None, float | None, int], percent: bool = False) -> str:
-    """'35.20 ± 1.10 (n=3)' (percentages to 2 decimals, other values to 4 significant digits),
-    '35.20 (n=1)', or '' for no value."""
+    """'35.20 ± 1.10 (n=3)', '35.20 (n=1)', or '' for no value (see format_value)."""
     mean, se, n = stat
     if mean is None:
         return ""
-    number = (lambda v: f"{100 * v:.2f}") if percent else (lambda v: f"{v:.4g}")
-    return f"{number(mean)} ± {number(se)} (n={n})" if se is not None else f"{number(mean)} (n={n})"
+    if se is None:
+        return f"{format_value(mean, percent)} (n={n})"
+    return f"{format_value(mean, percent)} ± {format_value(se, percent)} (n={n})"
 
 
 def significant_differences(summary: SweepSummary, metric: str | None = None) -> list[str]:
@@ -258,19 +264,18 @@ def significant_differences(summary: SweepSummary, metric: str | None = None) ->
         return []
     groups = [g for g in summary.groups if g.weights == "pretrained" and g.stats[metric][0] is not None]
     percent = metric in PERCENT  # differences in points of accuracy; other metrics in their own unit
-    show = (lambda v, sign="+": f"{100 * v:{sign}.2f}") if percent else (lambda v, sign="+": f"{v:{sign}.4g}")
     unit = " points" if percent else ""
     lines = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             (ma, sa, na), (mb, sb, nb) = a.stats[metric], b.stats[metric]
             if sa is None or sb is None:
-                lines.append(f"{a.label} vs {b.label}: {show(ma - mb)}{unit}; no error bar (a group has one run).")
+                lines.append(f"{a.label} vs {b.label}: {format_value(ma - mb, percent, '+')}{unit}; no error bar (a group has one run).")
                 continue
             combined = math.sqrt(sa ** 2 + sb ** 2)
             verdict = "exceeds" if abs(ma - mb) > 2 * combined else "does not exceed"
-            lines.append(f"{a.label} vs {b.label}: {show(ma - mb)}{unit}, {verdict} two combined standard errors "
-                         f"(2 x {show(combined, '')}).")
+            lines.append(f"{a.label} vs {b.label}: {format_value(ma - mb, percent, '+')}{unit}, {verdict} two combined standard errors "
+                         f"(2 x {format_value(combined, percent)}).")
     return lines
 
 

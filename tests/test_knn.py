@@ -170,6 +170,26 @@ def test_online_knn_of_a_resumed_run_continues_the_curve_exactly(tmp_path):
     assert sorted(straight_rank) == [0, 2, 4] and resumed_rank == {4: straight_rank[4]}
 
 
+def test_collapse_monitor_logs_step_0_but_leaves_it_out_of_the_running_maximum():
+    from types import SimpleNamespace
+
+    from stjepa.online_eval import CollapseMonitor
+
+    monitor = CollapseMonitor(every_n_train_steps=100, min_fraction=0.5)
+    monitor.source = object()  # as after setup; measure() is replaced by known values below
+    values = iter([10.0, 4.0])  # the random initialisation's rank, then a lower one in training
+    monitor.measure = lambda pl_module: {"collapse/rankme_target": next(values)}
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics["collapse/rankme_target"])))
+    trainer = SimpleNamespace(global_step=0, global_rank=0, loggers=[logger])
+    monitor.on_train_start(trainer, None)
+    trainer.global_step = 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4 < 0.5 x 10 would warn if step 0 counted
+        monitor.on_train_batch_end(trainer, None, None, None, 0)
+    assert logged == [(0, 10.0), (100, 4.0)] and monitor.running_max == 4.0 and not monitor.warned
+
+
 def test_collapse_monitor_warns_once_or_stops_below_the_fraction_of_its_running_maximum():
     from stjepa.errors import CollapseError
     from stjepa.online_eval import CollapseMonitor
