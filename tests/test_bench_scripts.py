@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from stjepa.models import AttentionConfig
 from stjepa.utils import bench as common
 from stjepa.utils.layer_profile import plot_layers
+from train_helpers import CHILD_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vit_tiny", "--predictor-depth", "1", "--iters", "1", "--warmup", "0", "--threads", "1"]
@@ -281,7 +282,8 @@ def test_profile_layers_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/profile_layers.py", "--model", "vit_tiny", "--crop", "64", "--frames", "4",
          "--batch", "1", "--layouts", "full", "2x2", "--layers", "0", "--iters", "1", "--warmup", "0",
-         "--threads", "1", "--csv", str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
+         "--threads", "1", "--csv", str(out)], cwd=ROOT, capture_output=True, text=True, check=False,
+        timeout=CHILD_TIMEOUT)
     assert result.returncode == 0, result.stderr
     rows = read_csv(out)
     assert [(r["layout"], r["layer"], r["area_layer"]) for r in rows] == [("full", "0", "0"), ("2x2", "0", "1")]

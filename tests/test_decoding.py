@@ -40,6 +40,7 @@ from stjepa.data.decoding import (  # noqa: E402
     open_video,
 )
 from stjepa.data.synthetic import MovingShapesDataset, render_clip  # noqa: E402
+from train_helpers import CHILD_TIMEOUT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_VIDEOS, FRAMES, SIZES, FPS, SEED, GOP = 12, 32, (64, 96), (8, 12), 0, 10
@@ -344,4 +345,4 @@ def test_decoding_libraries_are_imported_lazily():
     code = ("import sys, stjepa.data.decoding as d; "
             "bad = [m for m in ('decord', 'av', 'torchcodec') if m in sys.modules]; "
             "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=CHILD_TIMEOUT)

@@ -10,7 +10,7 @@ import torch
 
 from stjepa.checkpoint_io import AtomicCheckpointIO
 from stjepa.errors import NonFiniteLossError
-from train_helpers import FAST, ROOT, read_metrics, run_train, series
+from train_helpers import CHILD_TIMEOUT, FAST, ROOT, read_metrics, run_train, series
 
 TESTS = str(ROOT / "tests")
 
@@ -27,7 +27,7 @@ def train_cmd(run_dir, *overrides, multirun=False):
 
 def run_cmd(run_dir, *overrides, multirun=False):
     args, env = train_cmd(run_dir, *overrides, multirun=multirun)
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
 
 
 def load_state(path):
@@ -128,7 +128,8 @@ AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.full((1000,), 2.0)},
 def test_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(path)], cwd=ROOT, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(path)], cwd=ROOT, capture_output=True,
+                          timeout=CHILD_TIMEOUT)
     assert proc.returncode == -signal.SIGKILL
     kept = torch.load(path)
     assert kept["step"] == 1 and torch.equal(kept["w"], torch.ones(1000))

@@ -4,7 +4,7 @@ import torch
 
 from stjepa.data.collate import MaskingCollate
 from stjepa.utils.host_syncs import HostSyncCounter
-from train_helpers import compose_config
+from train_helpers import CHILD_TIMEOUT, compose_config
 
 
 def test_the_counter_counts_reads_of_device_tensors_only():
@@ -89,7 +89,7 @@ def test_count_launches_script_at_a_tiny_size(tmp_path):
     out = tmp_path / "counts.csv"
     result = subprocess.run([sys.executable, "scripts/count_launches.py", "--model", "vit_tiny", "--sizes",
                              "64px/8f-b2", "--layouts", "full", "2x2", "--csv", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, timeout=CHILD_TIMEOUT)
     assert result.returncode == 0, result.stderr
     rows = {r["layout"]: r for r in csv.DictReader(open(out))}
     assert int(rows["full"]["host_syncs"]) == 2 and "models/grid.py" in rows["full"]["sync_places"]

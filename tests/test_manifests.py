@@ -22,6 +22,7 @@ from stjepa.data.manifests import (
     read_manifest,
     save_label_map,
 )
+from train_helpers import CHILD_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "make_manifest.py"
@@ -105,7 +106,7 @@ def test_make_manifest_relative_paths_and_cli(dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(csv_path), str(out), "--video-root", str(root),
          "--relative-to", str(root), "--label-map", str(tmp_path / "classes.json")],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=CHILD_TIMEOUT,
     )
     assert "wrote 5 videos (0 files not found) in 3 classes" in proc.stdout
     assert all(not os.path.isabs(line.rsplit(" ", 1)[0]) for line in out.read_text().splitlines())

@@ -39,10 +39,21 @@ def test_single_block_hand_count():
         assert h.max() - h.min() == 5 and w.max() - w.min() == 5
 
 
-def test_truncation_to_smallest_count_and_full_complement():
-    spec = MaskSpec(num_blocks=3, spatial_scale=(0.1, 0.1))
-    ctx, tgt = MultiBlockMaskGenerator((4, 8, 8), spec)(8, gen(2))
-    # overlapping boxes give different union sizes; all rows are cut to the smallest
+def test_truncation_to_smallest_count_and_full_complement(monkeypatch):
+    # hand-made targets of different sizes on a 1x2x4 grid: row 0 predicts {0, 1, 2} (context of
+    # 5), row 1 predicts {0, ..., 4} (context of 3); every row keeps its first 3 context and its
+    # first 3 target tokens, ascending
+    targets = torch.zeros(2, 8, dtype=torch.bool)
+    targets[0, :3] = targets[1, :5] = True
+    monkeypatch.setattr(MultiBlockMaskGenerator, "_target_masks", lambda self, batch, size, g: targets.clone())
+    ctx, tgt = MultiBlockMaskGenerator((1, 2, 4), MaskSpec(num_blocks=1))(2, gen(2))
+    assert ctx.tolist() == [[3, 4, 5], [5, 6, 7]]
+    assert tgt.tolist() == [[0, 1, 2], [0, 1, 2]]
+    # full_complement: the target is everything the truncated context left out
+    ctx, tgt = MultiBlockMaskGenerator((1, 2, 4), MaskSpec(num_blocks=1, full_complement=True))(2, gen(2))
+    assert ctx.tolist() == [[3, 4, 5], [5, 6, 7]]
+    assert tgt.tolist() == [[0, 1, 2, 6, 7], [0, 1, 2, 3, 4]]
+    monkeypatch.undo()
     full = MaskSpec(num_blocks=3, spatial_scale=(0.1, 0.1), full_complement=True)
     ctx2, tgt2 = MultiBlockMaskGenerator((4, 8, 8), full)(8, gen(2))
     assert ctx2.shape[1] + tgt2.shape[1] == 256

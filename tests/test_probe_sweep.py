@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from stjepa.sweep_summary import summarize_sweep
-from train_helpers import FAST, ROOT, run_script
+from train_helpers import CHILD_TIMEOUT, FAST, ROOT, run_script
 from wandb_records import finished_records
 
 PROBE = ["trainer.max_steps=2", "probe.val_check_interval=2", "data.val_size=16", "data.num_workers=0",
@@ -56,10 +56,12 @@ def test_probe_every_job_of_a_sweep_resume_after_a_failure_and_summarise(tmp_pat
     # killed (SIGKILL) as soon as the first job's results are written: no half-written results.json anywhere
     killed = subprocess.Popen([sys.executable, "probe.py", f"sweep={sweep}", *PROBE], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + CHILD_TIMEOUT
     while not (sweep / "0" / "probe" / "results.json").is_file() and killed.poll() is None:
+        assert time.monotonic() < deadline, "probe.py wrote no results.json in time"
         time.sleep(0.1)
     os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
+    killed.wait(timeout=60)
     assert json.loads((sweep / "0" / "probe" / "results.json").read_text())["selected"] is not None
     assert not any((sweep / job / "probe" / "results.json").exists() for job in ("1", "2", "3"))
     stamp = (sweep / "0" / "probe" / "results.json").stat().st_mtime_ns

@@ -1,6 +1,7 @@
 """Shifted area attention (area settings with shift=true) against hand-made areas and an encoder
 run layer by layer with explicit masks."""
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -64,7 +65,9 @@ def test_both_layouts_match_the_reference_on_sparse_tokens(backend, reorder):
         torch.testing.assert_close(out, expected)
         for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v))):
             torch.testing.assert_close(a, b)
-    assert kind.pairs(ids, grid) == tuple(int((m.sum())) for m in kind.mask(ids, grid))
+    # attending (query, key) pairs: every area of n tokens gives n * n, counted from the hand-made areas
+    assert kind.pairs(ids, grid) == tuple(sum(n * n for row in hand_areas(ids, grid, splits, shifted).tolist()
+                                              for n in Counter(row).values()) for shifted in (False, True))
 
 
 class MaskLayout:

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, run_train, series
 from wandb_records import summarize
@@ -32,8 +33,15 @@ def test_train_few_steps_writes_checkpoints(tmp_path, attention):
 def test_train_py_as_a_subprocess(tmp_path):
     out = run_script("train.py", *FAST, "trainer.max_steps=2", "attention=area_2x2", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    # what the command line asked for is what ran: 2 steps of 2x2 spatial areas, in the
+    # checkpoint, in the saved config and in the training log
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    saved = ckpt["hyper_parameters"]["attention"]
+    assert (saved["kind"], saved["temporal_splits"], saved["height_splits"], saved["width_splits"]) == ("area", 1, 2, 2)
+    config = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert config.attention.height_splits == 2 and config.trainer.max_steps == 2
+    assert [s for s, _ in series(read_metrics(tmp_path), "train/loss")] == [0, 1]
 
 
 @pytest.mark.slow

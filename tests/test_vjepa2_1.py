@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stjepa.data.synthetic import DIRECTIONS
 from stjepa.errors import CheckpointError
 from stjepa.losses import ContextLoss, context_weights, jepa_loss, level_norm
 from stjepa.models import ArgumentError, VisionTransformer, VisionTransformerPredictor, vit
@@ -245,7 +246,11 @@ def test_probe_py_probes_a_2_1_checkpoint_on_all_levels(tmp_path):
                      "probe.weight_decays=[0.01]", "print_config=false", "callbacks.rich_progress_bar=null",
                      f"hydra.run.dir={tmp_path / 'probe'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((tmp_path / "probe" / "results.json").read_text())["best"]["top1"] >= 0.0
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert results["settings"]["probe"]["levels"] == "all" and results["num_classes"] == DIRECTIONS
+    top1, top5 = results["best"]["top1"], results["best"]["top5"]
+    # a fraction of the 8 validation clips, by hand: k / 8
+    assert 0.0 <= top1 <= top5 <= 1.0 and abs(top1 * 8 - round(top1 * 8)) < 1e-6
     bad = run_script("probe.py", f"ckpt={ckpt}", "probe.levels=[7]", "print_config=false",
                      f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2

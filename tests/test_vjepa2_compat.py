@@ -156,6 +156,11 @@ def test_official_checkpoint_loads_into_area_model(tmp_path):
     loaded = load_official(path, "vit_tiny", encoder=dict(img_size=64, num_frames=4, depth=3, attention=area),
                            predictor=dict(predictor_embed_dim=96, depth=2, num_heads=4), keys=("target_encoder",))
     assert loaded["target_encoder"].attention_pattern == (True, True, False)
+    # the weights are the file's, every tensor: area attention changes no parameter
+    written, read = enc.state_dict(), loaded["target_encoder"].state_dict()
+    assert written.keys() == read.keys()
+    for key, tensor in written.items():
+        assert torch.equal(read[key], tensor), key
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path):

@@ -46,6 +46,13 @@ def series(rows, key):
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
 
 
+# A child process of a test gets this long (seconds) before subprocess.TimeoutExpired fails the
+# test: generous, because a busy 2-core machine is slow, not wrong; finite, so a hung child
+# fails one test instead of hanging the suite.
+CHILD_TIMEOUT = 900
+
+
 def run_script(*args, cwd=ROOT, env=None):
-    """A script as its own process, as a user runs it (no time limit: a busy machine is slow, not wrong)."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    """A script as its own process, as a user runs it."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=CHILD_TIMEOUT)
