@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.masks import MaskSpec
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
-from .model_config import build_encoder, build_predictor
+from .model_config import RunAttention, build_encoder, build_predictor
 from .models.arguments import ArgumentError, one_of, positive_int
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
@@ -74,8 +74,9 @@ def _world_size(trainer: DictConfig) -> int:
     return max(count, 1) * int(trainer.get("num_nodes", 1))
 
 
-def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: Any, crop: Any) -> None:
-    """Model, input size and attention layout; shared by training and probing."""
+def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: Any, crop: Any) -> RunAttention:
+    """Model, input size and attention layout; shared by training and probing. Returns the
+    run's attention, built once here and handed down."""
     model = plain(model)
     frames, crop = check_int(frames, "data.frames_per_clip"), check_int(crop, "data.crop_size")
     tubelet = check_int(model.get("tubelet_size"), "model.tubelet_size")
@@ -84,13 +85,15 @@ def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: 
         raise ConfigError(f"data.frames_per_clip={frames} must be a multiple of model.tubelet_size={tubelet}.")
     if crop % patch:
         raise ConfigError(f"data.crop_size={crop} must be a multiple of model.patch_size={patch}.")
+    built = RunAttention.create(plain(attention))
     with torch.device("meta"):  # the constructors check every argument; nothing is allocated
-        encoder = build_encoder(model, plain(attention), crop, frames)
-        build_predictor(model, plain(attention), encoder)
+        encoder = build_encoder(model, built, crop, frames)
+        build_predictor(model, built, encoder)
     init_from = model.get("init_from")
     if init_from and not Path(init_from).is_file():
         raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt or "
                           f"a train.py .ckpt.")
+    return built
 
 
 def check_loss(loss: DictConfig | None) -> None:
@@ -98,7 +101,7 @@ def check_loss(loss: DictConfig | None) -> None:
     if loss is None:
         raise ConfigError("loss must hold context_weight, context_ramp and distance_weighting (see conf/train.yaml).")
     try:
-        ContextLoss(loss.get("context_weight"), plain(loss.get("context_ramp")), loss.get("distance_weighting"))
+        ContextLoss.create(plain(loss))
     except ArgumentError as exc:
         raise ConfigError(exc.render(lambda name: f"loss.{name}")) from None
 
@@ -159,10 +162,11 @@ def check_modalities(cfg: DictConfig, world: int) -> None:
                           f"tokenizer runs, which DDP's static graph cannot follow.")
 
 
-def check_train_config(cfg: DictConfig) -> None:
+def check_train_config(cfg: DictConfig) -> RunAttention:
+    """Everything a training run needs, before any work; returns the run's attention, built."""
     check_common(cfg)
     data, model, trainer, optim = cfg.data, cfg.model, cfg.trainer, cfg.optim
-    check_model(model, cfg.attention, data.get("frames_per_clip"), data.get("crop_size"))
+    attention = check_model(model, cfg.attention, data.get("frames_per_clip"), data.get("crop_size"))
     batch = check_int(data.get("batch_size"), "data.batch_size")
     check_int(data.get("num_workers", 0), "data.num_workers", 0)
     world = _world_size(trainer)
@@ -210,6 +214,7 @@ def check_train_config(cfg: DictConfig) -> None:
             check_int(every, f"callbacks.{name}.every_n_train_steps")
     check_callbacks(cfg)
     check_launch(cfg)
+    return attention
 
 
 def check_callbacks(cfg: DictConfig) -> None:

@@ -10,8 +10,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .model_config import split_attention
-from .models.attention_config import AttentionConfig
+from .model_config import RunAttention
 from .wandb_workspace import sweep_group_name
 
 
@@ -25,39 +24,12 @@ def sweep_group(cfg: DictConfig) -> str | None:
     return sweep_group_name(cfg.task_name, hc.sweep.dir)
 
 
-def layout_tags(cfg: DictConfig) -> list[str]:
-    enc, pred = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-    tags = [f"attn:{AttentionConfig.create(enc).tag}", f"model:{cfg.model.size}"]
-    if AttentionConfig.create(pred).is_local:
-        tags.append(f"pred-attn:{AttentionConfig.create(pred).tag}")
-    return tags
-
-
-def attention_kind(attention: dict | None) -> str:
-    """The encoder's kinds of local attention in words: 'full', 'area', 'shifted area',
-    'area+neighborhood' (markers and groups of a sweep's verdict)."""
-    encoder, _ = split_attention(attention)
-    layout = AttentionConfig.create(encoder)
-    kinds = [("shifted area" if part.kind == "area" and part.shift else part.kind.replace("_", " "))
-             for part in layout.parts if part.own_local]
-    return "+".join(kinds) or "full"
-
-
-def layout_hparams(cfg: DictConfig) -> dict[str, str]:
+def layout_hparams(attention: RunAttention | None) -> dict[str, str]:
     """The encoder layout as two logged keys, ``layout/encoder`` (its tag: every setting that
     tells two layouts apart) and ``layout/kind``, so W&B can group a sweep's runs by one key."""
-    if cfg.get("attention") is None:
+    if attention is None:
         return {}
-    attention = OmegaConf.to_container(cfg.attention, resolve=True)
-    return {"layout/encoder": AttentionConfig.create(split_attention(attention)[0]).tag,
-            "layout/kind": attention_kind(attention)}
-
-
-def run_name(cfg: DictConfig) -> str:
-    if cfg.get("run_name"):
-        return str(cfg.run_name)
-    enc, _ = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-    return f"{cfg.model.size}-{AttentionConfig.create(enc).tag}"
+    return {"layout/encoder": attention.tag, "layout/kind": attention.kind}
 
 
 def wandb_offline() -> bool:
@@ -69,16 +41,20 @@ def wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY")
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
+def build_loggers(cfg: DictConfig, attention: RunAttention | None) -> list[Any]:
+    """The ``logger`` group's loggers; W&B runs are named and tagged by ``attention``, the run's
+    layout (None: a probe that keeps its checkpoint's layout)."""
     loggers = []
     for name, settings in (cfg.get("logger") or {}).items():
         if not settings or "_target_" not in settings:
             continue
         extra: dict[str, Any] = {}
         if issubclass(get_class(settings._target_), WandbLogger):
-            extra["name"] = settings.get("name") or run_name(cfg)
+            layout = attention.tag if attention is not None else "full"
+            extra["name"] = settings.get("name") or cfg.get("run_name") or f"{cfg.model.size}-{layout}"
             extra["group"] = settings.get("group") or sweep_group(cfg)
-            extra["tags"] = list(settings.get("tags") or []) + layout_tags(cfg)
+            extra["tags"] = [*(settings.get("tags") or []), *(attention.tags() if attention else []),
+                             f"model:{cfg.model.size}"]
             extra["offline"] = wandb_offline() if settings.get("offline") is None else settings.offline
         loggers.append(instantiate(settings, **extra))
     return loggers

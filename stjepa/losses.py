@@ -13,7 +13,7 @@ the cooldown holds 0.5 from step 0 without distance weighting).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,13 @@ class ContextLoss:
     ramp: Sequence[int]
     distance_weighting: bool
 
+    @classmethod
+    def create(cls, loss: "ContextLoss | Mapping[str, Any]") -> "ContextLoss":
+        """From the ``loss`` group's keys (context_weight, context_ramp, distance_weighting)."""
+        if isinstance(loss, ContextLoss):
+            return loss
+        return cls(loss.get("context_weight"), loss.get("context_ramp"), loss.get("distance_weighting"))
+
     def __post_init__(self):
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
             raise ArgumentError("{context_weight} must be a number >= 0.", context_weight=self.weight)
@@ -73,6 +80,11 @@ class ContextLoss:
                 or ramp[1] < ramp[0]):
             raise ArgumentError("{context_ramp} must be [start, end] steps with 0 <= start <= end (lambda is 0 before "
                                 "start and reaches context_weight at end).", context_ramp=ramp)
+
+    def group(self) -> dict[str, Any]:
+        """The settings under the ``loss`` group's keys (what a checkpoint stores)."""
+        return {"context_weight": self.weight, "context_ramp": list(self.ramp),
+                "distance_weighting": self.distance_weighting}
 
     def weight_at(self, step: int) -> float:
         """lambda at optimizer step ``step``."""

@@ -9,7 +9,7 @@ into a :class:`~stjepa.errors.ConfigError` naming the key the user set, e.g.
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
@@ -38,6 +38,61 @@ def split_attention(attention: Mapping[str, Any] | None) -> tuple[dict, dict]:
     return settings, predictor
 
 
+@dataclass(frozen=True)
+class RunAttention:
+    """The ``attention`` group of one run, built once and handed down: ``group`` is the plain
+    group as given (what a checkpoint stores and a logger shows), ``encoder`` and ``predictor``
+    the layouts built from it. Errors name the user's keys (``attention.predictor.area_end``)."""
+
+    group: dict
+    encoder: AttentionConfig
+    predictor: AttentionConfig
+
+    @classmethod
+    def create(cls, attention: "RunAttention | Mapping[str, Any] | None") -> "RunAttention":
+        if isinstance(attention, RunAttention):
+            return attention
+        group = dict(attention or {})
+        encoder, predictor = split_attention(group)
+        return cls(group, in_config_terms("encoder", lambda: AttentionConfig.create(encoder)),
+                   in_config_terms("predictor", lambda: AttentionConfig.create(predictor)))
+
+    @classmethod
+    def from_checkpoint(cls, attention: Mapping[str, Any] | None) -> "RunAttention":
+        """An attention group as stored in a checkpoint, read as it was trained. Checkpoints
+        written before spatial_splits became a refused-on-conflict shorthand let it override
+        height and width splits (the old full preset stored spatial_splits: 1); new ones never
+        hold a conflict."""
+        def resolved(layout: Mapping[str, Any]) -> dict:
+            layout = dict(layout)
+            if layout.get("spatial_splits") is not None:
+                layout["height_splits"] = layout["width_splits"] = None
+            return layout
+
+        encoder, predictor = split_attention(attention)
+        return cls.create({**resolved(encoder), "predictor": resolved(predictor)})
+
+    @property
+    def tag(self) -> str:
+        """The encoder layout's tag: every setting that tells two layouts apart."""
+        return self.encoder.tag
+
+    @property
+    def kind(self) -> str:
+        """The encoder's kinds of local attention in words: 'full', 'area', 'shifted area',
+        'area+neighborhood' (markers and groups of a sweep's verdict)."""
+        kinds = [("shifted area" if part.kind == "area" and part.shift else part.kind.replace("_", " "))
+                 for part in self.encoder.parts if part.own_local]
+        return "+".join(kinds) or "full"
+
+    def tags(self) -> list[str]:
+        """Logger tags: the encoder layout, and the predictor's when it has local attention."""
+        tags = [f"attn:{self.tag}"]
+        if self.predictor.is_local:
+            tags.append(f"pred-attn:{self.predictor.tag}")
+        return tags
+
+
 def config_key(arg: str, part: str) -> str:
     """The config key behind constructor argument ``arg`` of ``part`` ('encoder' or 'predictor')."""
     if arg.split(".")[0] in ATTENTION_FIELDS:  # 'stages.1.window': a setting of the second stage
@@ -60,41 +115,29 @@ def encoder_args(model: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model.items() if k in ENCODER_ARGS and v is not None}
 
 
-def build_encoder(model: Mapping[str, Any], attention: Mapping[str, Any] | None, crop_size: int,
+def build_encoder(model: Mapping[str, Any], attention: RunAttention | Mapping[str, Any] | None, crop_size: int,
                   frames_per_clip: int) -> VisionTransformer:
-    """The encoder from the ``model`` and ``attention`` groups (the encoder's part of it) for
+    """The encoder from the ``model`` group and the run's attention (the encoder's layout) for
     clips of ``frames_per_clip`` frames at ``crop_size`` pixels. The pretraining module takes
     these same arguments, so its saved hyper-parameters rebuild the encoder."""
-    args, layout = encoder_args(model), split_attention(attention)[0]
+    args, layout = encoder_args(model), RunAttention.create(attention).encoder
     return in_config_terms("encoder", lambda: vit(img_size=crop_size, num_frames=frames_per_clip, attention=layout,
                                                   **args))
 
 
-def build_predictor(model: Mapping[str, Any], attention: Mapping[str, Any] | None,
+def build_predictor(model: Mapping[str, Any], attention: RunAttention | Mapping[str, Any] | None,
                     encoder: VisionTransformer) -> VisionTransformerPredictor:
     """The predictor for ``encoder``, with the layout under ``attention.predictor``."""
     args = {arg: model[key] for key, arg in PREDICTOR_KEYS.items() if model.get(key) is not None}
-    layout = split_attention(attention)[1]
+    layout = RunAttention.create(attention).predictor
     return in_config_terms("predictor", lambda: VisionTransformerPredictor(
         img_size=encoder.img_size, num_frames=encoder.num_frames, patch_size=encoder.patch_size,
         tubelet_size=encoder.tubelet_size, embed_dim=encoder.embed_dim, attention=layout, **args))
 
 
-def saved_layout(attention: Mapping[str, Any] | None) -> dict | None:
-    """An attention group as stored in a checkpoint, read as it was trained. Checkpoints written
-    before spatial_splits became a refused-on-conflict shorthand let it override height and
-    width splits (the old full preset stored spatial_splits: 1); new ones never hold a conflict."""
-    if attention is None:
-        return None
-
-    def resolved(layout: Mapping[str, Any]) -> dict:
-        layout = dict(layout)
-        if layout.get("spatial_splits") is not None:
-            layout["height_splits"] = layout["width_splits"] = None
-        return layout
-
-    encoder, predictor = split_attention(attention)
-    return {**resolved(encoder), "predictor": resolved(predictor)}
+def init_weights_path(model: Mapping[str, Any]) -> str | None:
+    """``model.init_from``: the file a run starts (or anneals) from, if any."""
+    return model.get("init_from") or None
 
 
 # what the pretraining module saves as hyper-parameters includes these, build_encoder's arguments

@@ -38,6 +38,8 @@ def cosine(step: int, total: int, start: float, final: float) -> float:
 
 @dataclass(frozen=True)
 class OptimSettings:
+    """The ``optim`` group, typed (its keys are these fields)."""
+
     lr: float
     start_lr: float
     final_lr: float

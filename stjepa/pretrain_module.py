@@ -9,6 +9,7 @@ throughput logging in :mod:`stjepa.callbacks`, weight files in :mod:`stjepa.weig
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from typing import Any, Mapping
 
 import lightning as L
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .losses import ContextLoss, context_weights, jepa_loss, level_norm
-from .model_config import build_encoder, build_predictor
+from .model_config import RunAttention, build_encoder, build_predictor, init_weights_path
 from .models.grid import gather_tokens
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
@@ -29,34 +30,40 @@ def feature_std(features: Tensor) -> Tensor:
 
 
 class JEPAPretrainModule(L.LightningModule):
-    """``model``, ``attention`` and ``optim`` are the config groups of the same names;
-    ``frames_per_clip`` and ``crop_size`` the clip size. ``model.init_from`` starts from the
-    weights of an official ``.pt`` or a ``train.py`` ``.ckpt``."""
+    """``model`` is the model group (read only by :mod:`stjepa.model_config`'s builders);
+    ``attention`` the run's attention, built (or its group, as a checkpoint stores it);
+    ``optim`` and ``loss`` typed settings or their groups; ``frames_per_clip`` and ``crop_size``
+    the clip size. ``model.init_from`` starts from the weights of an official ``.pt`` or a
+    ``train.py`` ``.ckpt``."""
 
     def __init__(
         self,
         model: Mapping[str, Any],
-        attention: Mapping[str, Any] | None,
-        optim: Mapping[str, Any],
+        attention: RunAttention | Mapping[str, Any] | None,
+        optim: OptimSettings | Mapping[str, Any],
         frames_per_clip: int,
         crop_size: int,
         compile: bool | str = False,
-        loss: Mapping[str, Any] | None = None,
+        loss: ContextLoss | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.optim = OptimSettings(**optim)
-        self.context_loss = None if loss is None else ContextLoss(
-            loss["context_weight"], loss["context_ramp"], loss["distance_weighting"])
-        self.encoder = build_encoder(model, attention, crop_size, frames_per_clip)
-        self.predictor = build_predictor(model, attention, self.encoder)
+        self.attention = RunAttention.create(attention)
+        self.optim = optim if isinstance(optim, OptimSettings) else OptimSettings(**optim)
+        self.context_loss = None if loss is None else ContextLoss.create(loss)
+        # plain values only: checkpoints must not pickle this package's classes (classes move, files stay)
+        self.save_hyperparameters({
+            "model": dict(model), "attention": self.attention.group, "optim": asdict(self.optim),
+            "frames_per_clip": frames_per_clip, "crop_size": crop_size, "compile": compile,
+            "loss": None if self.context_loss is None else self.context_loss.group()})
+        self.encoder = build_encoder(model, self.attention, crop_size, frames_per_clip)
+        self.predictor = build_predictor(model, self.attention, self.encoder)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
         if self.encoder.version == "2.1" and self.context_loss is None:
             raise ValueError("a V-JEPA 2.1 model needs the loss settings (context_weight, context_ramp, "
                              "distance_weighting).")
-        if model.get("init_from"):
-            load_pretraining_weights(model["init_from"], self.encoder, self.predictor, self.target_encoder)
+        if init_weights_path(model):
+            load_pretraining_weights(init_weights_path(model), self.encoder, self.predictor, self.target_encoder)
         self.compile_models = compile
         self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers
 

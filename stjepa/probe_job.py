@@ -20,6 +20,7 @@ from .config import check_common, check_int, check_machine, data_modality, insta
 from .errors import ConfigError
 from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
+from .model_config import RunAttention
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
 from .train_job import quiet_lightning
@@ -118,7 +119,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         print_config_tree(cfg, order=("ckpt", "probe", "data", "model", "attention", "trainer"))
     check_machine(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    attention = OmegaConf.to_container(cfg.attention, resolve=True) if cfg.get("attention") is not None else None
+    # the layout to probe with; None keeps the one the checkpoint was trained with
+    attention = RunAttention.create(plain(cfg.attention)) if cfg.get("attention") is not None else None
     try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
         encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
                                attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init,
@@ -126,19 +128,19 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate_checked(cfg.data)
         datamodule.setup("fit")
         if cfg.probe.get("method", "attentive") == "knn":
-            return knn_probe(cfg, encoder, datamodule)
+            return knn_probe(cfg, encoder, datamodule, attention)
         module = MultiHeadProbe(encoder, datamodule.num_classes, list(cfg.probe.lrs), list(cfg.probe.weight_decays),
                                 cfg.probe.num_probe_blocks, cfg.probe.num_heads, cfg.probe.warmup_fraction,
                                 cfg.probe.final_lr_fraction, cfg.probe.label_smoothing,
                                 plain(cfg.probe.get("levels")))
     except ArgumentError as exc:  # the probe heads' settings (probe.num_heads vs the encoder width)
         raise ConfigError(exc.render(lambda arg: f"probe.{arg}")) from None
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, attention)
     try:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
-            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(attention)})
         trainer.fit(module, datamodule=datamodule)
         trainer.validate(module, datamodule=datamodule, verbose=False)
         return report(cfg, encoder.attention.tag, module, loggers)
@@ -146,15 +148,15 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(loggers)
 
 
-def knn_probe(cfg: DictConfig, encoder, datamodule) -> dict[str, Any]:
+def knn_probe(cfg: DictConfig, encoder, datamodule, attention: RunAttention | None) -> dict[str, Any]:
     """probe=knn: one pass over the training clips (the bank) and the validation clips."""
     device = torch.device("cuda" if torch.cuda.is_available() and str(cfg.trainer.accelerator) != "cpu" else "cpu")
     reading = KNNProbe(encoder, datamodule, int(cfg.probe.k), float(cfg.probe.temperature),
                        plain(cfg.probe.get("levels")), device)
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, attention)
     try:
         for logger in loggers:
-            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(attention)})
             logger.log_metrics({"probe/val_top1_best": reading.best()["top1"],
                                 "probe/val_top5_best": reading.best()["top5"]}, step=0)
         return report(cfg, encoder.attention.tag, reading, loggers)

@@ -20,9 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .loggers import attention_kind
-from .model_config import split_attention
-from .models.attention_config import AttentionConfig
+from .model_config import RunAttention
 from .sweep_plot import CURVE_PANELS, plot_summary
 from .sweeps import FINISHED, SEED_KEY, Job, first_difference, group_keys, read_sweep
 
@@ -194,10 +192,10 @@ def summarize_sweep(folder: str | Path) -> SweepSummary:
     keys = group_keys(jobs)
     rows, settings, curves, notes = [], {}, {}, []
     for job in jobs:
-        attention = OmegaConf.to_container(job.config.get("attention"), resolve=True) if job.config.get("attention") else None
+        saved = job.config.get("attention")
+        attention = RunAttention.create(OmegaConf.to_container(saved, resolve=True) if saved is not None else None)
         base = {"job": job.num, "state": job.describe_state(), **{k: job.swept.get(k, "") for k in keys},
-                SEED_KEY: job.seed, "layout": AttentionConfig.create(split_attention(attention)[0]).tag,
-                "kind": attention_kind(attention), "folder": str(job.folder)}
+                SEED_KEY: job.seed, "layout": attention.tag, "kind": attention.kind, "folder": str(job.folder)}
         train, run_curves = read_training_log(job)
         probes = probe_results(job) if job.state == FINISHED else {}
         if job.state != FINISHED:

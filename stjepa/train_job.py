@@ -112,7 +112,7 @@ def mask_sets(cfg: DictConfig, version: str) -> dict[str, list[dict]]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
-    check_train_config(cfg)
+    attention = check_train_config(cfg)
     check_machine(cfg.trainer)
     ckpt_path = find_resume_checkpoint(cfg)
     max_steps, done = cfg.trainer.get("max_steps", -1), completed_step(ckpt_path) if ckpt_path else 0
@@ -127,19 +127,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
 
     datamodule = instantiate_checked(cfg.data)
-    module = instantiate_checked(cfg.module, _convert_="all")
+    # the run's attention goes in built (the module group names it only for the checkpoint's record)
+    module = instantiate_checked(cfg.module, _convert_="all", _partial_=True)(attention=attention)
     datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.encoder.version))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if cfg.get("export_official"):
         callbacks.append(ExportOfficial(str(checkpoint_dir)))
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, attention)
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                          plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg))
         for logger in loggers:
-            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(cfg)})
+            logger.log_hyperparams({**flat_config(cfg), **layout_hparams(attention)})
         if trainer.is_global_zero:  # so that a probe of this run's checkpoint can write into its W&B run
             save_run_identity(loggers, cfg.paths.output_dir)
         if ckpt_path:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
-from .model_config import ENCODER_HPARAMS, build_encoder, saved_layout
+from .model_config import ENCODER_HPARAMS, RunAttention, build_encoder
 from .models.arguments import one_of
 from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
 
@@ -282,7 +282,7 @@ def load_encoder(
                           f"never moved from its initial weights, so probing it measures random weights; "
                           f"probe.encoder_key=encoder probes the trained encoder.", stacklevel=2)
         args = {name: hp[name] for name in ENCODER_HPARAMS}
-        args["attention"] = attention if attention is not None else saved_layout(hp["attention"])
+        args["attention"] = attention if attention is not None else RunAttention.from_checkpoint(hp["attention"])
     else:
         check_encoder_size(path, state, dict(model or {}))
         args = dict(model=dict(model or {}), attention=attention, crop_size=crop_size or 224,
