@@ -26,18 +26,29 @@ from .rope import VJEPA2_1_ROPE, VJEPA2_ROPE, RopeStyle
 
 @dataclass(frozen=True)
 class Generation:
-    """One model generation, as the modules that build, train and load it ask for it."""
+    """One model generation, as the modules that build, train and load it ask for it.
 
-    name: str  # the model.version string
-    rope: RopeStyle  # its RoPE; interpolate_rope=false drops a reference grid, true needs one
-    levels: int  # encoder outputs: 1 (one final ``norm``), or taps each through ``norms_block.{i}``
-    image_tokenizer: bool  # images (1-frame clips) go through the 1-frame ``patch_embed_img``
-    modality_embeddings: bool  # learnable image / video embeddings: the encoder's after the
-    # tokenizer, the predictor's on every token
-    context_loss: bool  # the predictor also predicts the context tokens (``predictor_proj_context``)
-    # and the loss adds lambda(step) * L_ctx (the ``loss`` config group)
-    signature: tuple[str, ...] = ()  # state-dict key prefixes only this generation's networks have
-    official_taps: Mapping[int, tuple[int, ...]] = field(default_factory=dict, compare=False)  # taps by depth
+    ``name``                 the ``model.version`` string
+    ``rope``                 its RoPE (``interpolate_rope=false`` drops its reference grid; true needs one)
+    ``levels``               encoder outputs: 1 (one final ``norm``), or taps each through ``norms_block.{i}``
+    ``image_tokenizer``      images (1-frame clips) go through the 1-frame ``patch_embed_img``;
+                             without one an image fills a clip
+    ``modality_embeddings``  learnable image / video embeddings: the encoder's after the tokenizer,
+                             the predictor's on every token
+    ``context_loss``         the predictor also predicts the context tokens (``predictor_proj_context``)
+                             and the loss adds lambda(step) * L_ctx (the ``loss`` config group)
+    ``signature``            state-dict key prefixes that only this generation's networks have
+    ``official_taps``        the blocks the official code taps, by encoder depth
+    """
+
+    name: str
+    rope: RopeStyle
+    levels: int
+    image_tokenizer: bool
+    modality_embeddings: bool
+    context_loss: bool
+    signature: tuple[str, ...] = ()
+    official_taps: Mapping[int, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     @property
     def image_fills_clip(self) -> bool:
@@ -79,8 +90,10 @@ class Generation:
         return tuple(shape)
 
     def as_clip(self, x: Tensor, frames: int) -> Tensor:
-        """``x`` (B, C, T, H, W) as :meth:`clip_shape` says, an image's frame repeated as a view."""
-        return x.expand(self.clip_shape(x.shape, frames))
+        """``x`` (B, C, T, H, W) as :meth:`clip_shape` says: ``x`` itself, or an image's frame
+        repeated as a view."""
+        shape = self.clip_shape(x.shape, frames)
+        return x if shape == tuple(x.shape) else x.expand(shape)
 
     def has_signature(self, state: Mapping[str, object]) -> bool:
         return bool(self.signature) and any(k.startswith(self.signature) for k in state)
