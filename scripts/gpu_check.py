@@ -92,8 +92,11 @@ def train_step(run: Run) -> None:
     else:
         common = ["--iters", "5", "--warmup", "2"]
         official = [*common, "--sizes", "vjepa2", "--vjepa2-batch", "24", "--layouts", "full"]
+        from stjepa.models.versions import DEFAULT_VERSION, GENERATIONS
+
+        others = [[*official, "--version", name] for name in GENERATIONS if name != DEFAULT_VERSION]
         groups = [[*common, "--sizes", "384px/64f", "256px/64f", "--batch", "1", "--layouts", "full", "2x2", "2x2x2"],
-                  [*official, "--version", "2.1"], official]  # V-JEPA 2.1 next to 2.0 (issue 18)
+                  *others, official]  # every generation next to the default, 2.0 (V-JEPA 2.1: issue 18)
     variants = (("train_step", [], groups), ("train_step_compile", ["--compile"], groups),
                 ("train_step_graphs", ["--compile", "reduce-overhead"], groups[-1:]))
     for name, extra, chosen in variants:

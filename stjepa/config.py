@@ -16,6 +16,7 @@ from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .model_config import RunAttention, build_encoder, build_predictor
 from .models.arguments import ArgumentError, one_of, positive_int
+from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
@@ -151,12 +152,13 @@ def data_modalities(data: DictConfig) -> set[str]:
 def check_modalities(cfg: DictConfig, world: int) -> None:
     """Images need a model that can train on them, and a mixture on several devices a way to
     keep DDP's graph fixed."""
-    modalities, version = data_modalities(cfg.data), str(cfg.model.get("version", "2.0"))
-    if modalities == {"image"} and version != "2.1":
+    modalities = data_modalities(cfg.data)
+    gen = generation(cfg.model.get("version") or DEFAULT_VERSION)  # check_model has checked it
+    if modalities == {"image"} and gen.image_fills_clip:
         raise ConfigError("an image-only data source (data=images, data=synthetic_images) needs a model with an "
                           "image path (model.version=2.1, its 1-frame tokenizer); a 2.0 model sees images only as "
                           "repeated frames inside a mixture: use data=mixture.")
-    if modalities == {"image", "video"} and version == "2.1" and world > 1 and cfg.data.get("rank_ratio") is None:
+    if modalities == {"image", "video"} and gen.image_tokenizer and world > 1 and cfg.data.get("rank_ratio") is None:
         raise ConfigError(f"a V-JEPA 2.1 image+video mixture on {world} devices needs data.rank_ratio (the share "
                           f"of devices on images, official 0.5): alternating modalities per step changes which "
                           f"tokenizer runs, which DDP's static graph cannot follow.")

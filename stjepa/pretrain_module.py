@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .losses import ContextLoss, context_weights, jepa_loss, level_norm
@@ -59,7 +58,8 @@ class JEPAPretrainModule(L.LightningModule):
         self.predictor = build_predictor(model, self.attention, self.encoder)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
-        if self.encoder.version == "2.1" and self.context_loss is None:
+        self.generation = self.encoder.generation
+        if self.generation.context_loss and self.context_loss is None:
             raise ValueError("a V-JEPA 2.1 model needs the loss settings (context_weight, context_ramp, "
                              "distance_weighting).")
         if init_weights_path(model):
@@ -96,47 +96,47 @@ class JEPAPretrainModule(L.LightningModule):
 
     def input_grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """The token grid of a batch of ``shape`` as the networks see it (2.0 fills a clip with an image)."""
-        if shape[2] == 1 and self.encoder.version != "2.1":
-            shape = (*shape[:2], self.hparams.frames_per_clip, *shape[3:])
-        return self.encoder.input_grid(shape)
+        return self.encoder.input_grid(self.generation.clip_shape(shape, self.hparams.frames_per_clip))
 
     # -- steps -----------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Images (1-frame clips) fill a whole clip for a 2.0 model, as the official mixture does
         (on the device, as a view: the loader moves one frame per image)."""
         clips = batch.get("video") if isinstance(batch, dict) else None
-        if clips is not None and clips.shape[2] == 1 and self.encoder.version != "2.1":
-            batch["video"] = clips.expand(-1, -1, self.hparams.frames_per_clip, -1, -1)
+        if clips is not None:
+            batch["video"] = self.generation.as_clip(clips, self.hparams.frames_per_clip)
         return batch
 
     def shared_step(self, batch: dict) -> tuple[Tensor, list[Tensor], Tensor, dict[str, Tensor]]:
-        """Loss, context features, target features and the loss terms to log (2.1: pred, ctx, lambda)."""
+        """Loss, context features, target features and the loss terms to log (with a context
+        loss, 2.1: pred, ctx, lambda)."""
         clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
         grid = self.encoder.input_grid(clips.shape)
-        if self.encoder.version == "2.1":
-            return self._deep_step(clips, masks_enc, masks_pred, grid)
-        preds, targets, z, h = self._predict(clips, masks_enc, masks_pred, grid)
+        preds, targets, z, h, context_preds = self._predict(clips, masks_enc, masks_pred, grid)
         loss = jepa_loss(preds, targets, self.optim.loss_exp)
-        return loss, z, h, {}
+        if context_preds is None:
+            return loss, z, h, {}
+        weights = None
+        if self.context_loss.distance_weighting:
+            weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]
+        loss_ctx = jepa_loss(context_preds, [gather_tokens(h, m) for m in masks_enc], self.optim.loss_exp, weights)
+        lam = self.context_loss.weight_at(self.global_step)
+        terms = {"loss_pred": loss.detach(), "loss_ctx": loss_ctx.detach(), "lambda": torch.tensor(lam)}
+        return loss + lam * loss_ctx, z, h, terms
 
     def _predict(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
         """Predictions and targets at the target tokens (one per mask set), the context features
-        z and the normalised target features h (2.1: every level, and the context predictions)."""
-        deep = self.encoder.version == "2.1"
+        z, the target features h (every level, each layer-normed on its own) and the predictions
+        at the context tokens (None for a generation without a context loss)."""
         with torch.no_grad():
-            if deep:
-                h = level_norm(self.target_encoder(clips, levels="all"), self.encoder.num_levels)
-            else:
-                h = self.target_encoder(clips)
-                h = F.layer_norm(h, (h.shape[-1],))
+            h = level_norm(self.target_encoder(clips, levels="all"), self.encoder.num_levels)
         targets = [gather_tokens(h, m) for m in masks_pred]
-        if not deep:
-            z = self.encoder(clips, masks_enc)
-            return self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid), targets, z, h
         z = self.encoder(clips, masks_enc, levels="all")
         modality = "image" if self.encoder.is_image(clips.shape) else "video"
-        preds, context_preds = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, modality=modality,
-                                              return_context=True)
+        with_context = self.generation.context_loss
+        out = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, modality=modality,
+                             return_context=with_context)
+        preds, context_preds = out if with_context else (out, None)
         return preds, targets, z, h, context_preds
 
     @torch.no_grad()
@@ -147,18 +147,6 @@ class JEPAPretrainModule(L.LightningModule):
         preds, targets = self._predict(clips, batch["masks_enc"], batch["masks_pred"],
                                        self.encoder.input_grid(clips.shape))[:2]
         return torch.cat([p.flatten(0, 1) for p in preds]), torch.cat([t.flatten(0, 1) for t in targets])
-
-    def _deep_step(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
-        """V-JEPA 2.1: every level predicted at the targets and at the context tokens."""
-        preds, targets, z, h, context_preds = self._predict(clips, masks_enc, masks_pred, grid)
-        loss_pred = jepa_loss(preds, targets, self.optim.loss_exp)
-        weights = None
-        if self.context_loss.distance_weighting:
-            weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]
-        loss_ctx = jepa_loss(context_preds, [gather_tokens(h, m) for m in masks_enc], self.optim.loss_exp, weights)
-        lam = self.context_loss.weight_at(self.global_step)
-        terms = {"loss_pred": loss_pred.detach(), "loss_ctx": loss_ctx.detach(), "lambda": torch.tensor(lam)}
-        return loss_pred + lam * loss_ctx, z, h, terms
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         values = self.schedule()

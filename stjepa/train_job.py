@@ -17,6 +17,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .config import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams
+from .models.versions import Generation
 from .utils.rich_config import print_config_tree
 from .wandb_runs import save_run_identity
 
@@ -103,11 +104,13 @@ def trainer_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {"log_every_n_steps": min(every, max_steps)} if 0 < max_steps < every else {}
 
 
-def mask_sets(cfg: DictConfig, version: str) -> dict[str, list[dict]]:
-    """The mask sets of video and image steps: 2.1 masks images with image_mask on their 1-frame
-    grid; 2.0 fills a clip with the image, so video masks serve."""
+def mask_sets(cfg: DictConfig, generation: Generation) -> dict[str, list[dict]]:
+    """The mask sets of video and image steps: a generation with an image tokenizer (2.1) masks
+    images with image_mask on their 1-frame grid; one whose images fill a clip (2.0) uses the
+    video masks for them."""
     video = [plain(v) for v in cfg.mask.values()]
-    return {"video": video, "image": [plain(v) for v in cfg.image_mask.values()] if version == "2.1" else video}
+    image = video if generation.image_fills_clip else [plain(v) for v in cfg.image_mask.values()]
+    return {"video": video, "image": image}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -129,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_checked(cfg.data)
     # the run's attention goes in built (the module group names it only for the checkpoint's record)
     module = instantiate_checked(cfg.module, _convert_="all", _partial_=True)(attention=attention)
-    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.encoder.version))
+    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.generation))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"

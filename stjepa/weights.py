@@ -4,7 +4,8 @@
   ``target_encoder`` state dicts (plus optimizer state and counters); parameters carry a
   ``module.backbone.`` prefix from the DDP and multi-mask wrappers of the training code. The
   distilled 2.1 ViT-B/L hub files hold their encoder as ``ema_encoder`` (read as the target
-  encoder). A 2.1 encoder is told by its ``norms_block`` (2.0: one final ``norm``).
+  encoder). A network's generation is told by its keys (2.1: ``norms_block``; 2.0: one final
+  ``norm``), the signatures in :mod:`stjepa.models.versions`.
 - A ``train.py`` ``.ckpt`` is a Lightning checkpoint of the pretraining module: ``state_dict``
   with ``encoder.``, ``predictor.`` and ``target_encoder.`` prefixes, and the module's
   ``hyper_parameters`` (the arguments of :func:`~stjepa.model_config.build_encoder`), from
@@ -28,6 +29,7 @@ from .errors import CheckpointError
 from .model_config import ENCODER_HPARAMS, RunAttention, build_encoder
 from .models.arguments import one_of
 from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
+from .models.versions import generation_of_state
 
 OFFICIAL_KEYS = ("encoder", "predictor", "target_encoder")
 OFFICIAL_PREFIX = "module.backbone."
@@ -86,18 +88,14 @@ def count_mask_tokens(state: Mapping[str, Any]) -> int:
     return sum(1 for k in state if k.startswith("mask_tokens."))
 
 
-def state_version(state: Mapping[str, Any]) -> str:
-    """'2.1' for a V-JEPA 2.1 encoder or predictor state dict, else '2.0'."""
-    return "2.1" if any(k.startswith(("norms_block.", "video_mod_embed")) for k in state) else "2.0"
-
-
-def check_version(path: str | os.PathLike, key: str, state: Mapping[str, Any], module: nn.Module) -> None:
-    """A file's network against the model's version, in one sentence naming both."""
-    found, wanted = state_version(state), getattr(module, "version", "2.0")
+def check_file_generation(path: str | os.PathLike, key: str, state: Mapping[str, Any], module: nn.Module) -> None:
+    """A file's network against the model's generation (``model.version``), in one sentence
+    naming both; a predictor's level count too."""
+    found, wanted = generation_of_state(state), module.generation
     if found != wanted:
-        raise CheckpointError(f"{key!r} in {str(path)!r} is a V-JEPA {found} network but the model is V-JEPA "
-                              f"{wanted}; set model.version={found} to load it.")
-    if found == "2.1" and isinstance(module, VisionTransformerPredictor):
+        raise CheckpointError(f"{key!r} in {str(path)!r} is a V-JEPA {found.name} network but the model is V-JEPA "
+                              f"{wanted.name}; set model.version={found.name} to load it.")
+    if found.deep_supervision and isinstance(module, VisionTransformerPredictor):
         levels = predictor_shape(state, module.predictor_embed_width)["levels"]
         if levels != module.levels:
             raise CheckpointError(f"{key!r} in {str(path)!r} predicts {levels} level(s) but the model's predictor "
@@ -106,12 +104,20 @@ def check_version(path: str | os.PathLike, key: str, state: Mapping[str, Any], m
 
 
 def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
-    """Predictor arguments a 2.1 state dict fixes: levels, target width, context head, mask tokens."""
+    """Predictor arguments a deeply supervised (2.1) state dict fixes: levels, target width, context head."""
     fused = state.get("predictor_embed.0.weight")
     levels = 1 if fused is None else fused.shape[1] // fused.shape[0]  # Linear(levels * D, D)
     out = state["predictor_proj.weight"].shape[0] // levels
-    return dict(version="2.1", levels=levels, out_embed_dim=None if out == embed_dim else out,
+    return dict(levels=levels, out_embed_dim=None if out == embed_dim else out,
                 predict_context="predictor_proj_context.weight" in state)
+
+
+def official_entries(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """An official file's entries, the distilled 2.1 ViT-B/L hub files' ``ema_encoder`` read as
+    the target encoder."""
+    if "ema_encoder" in ckpt and "target_encoder" not in ckpt:
+        return {**ckpt, "target_encoder": ckpt["ema_encoder"]}
+    return dict(ckpt)
 
 
 def load_official(
@@ -132,9 +138,7 @@ def load_official(
     to reproduce the hub's predictor. Returns a dict with the requested ``keys``
     (``target_encoder`` is read from ``ema_encoder`` in the distilled 2.1 files).
     """
-    ckpt = read_checkpoint(path)
-    if "ema_encoder" in ckpt and "target_encoder" not in ckpt:
-        ckpt = {**ckpt, "target_encoder": ckpt["ema_encoder"]}
+    ckpt = official_entries(read_checkpoint(path))
     absent = [k for k in keys if k not in ckpt]
     if absent:
         raise CheckpointError(
@@ -143,17 +147,19 @@ def load_official(
     modules: dict[str, nn.Module] = {}
     for key in keys:
         state = strip_prefixes(ckpt[key])
+        found = generation_of_state(state)
         if key == "predictor":
             width = (encoder or {}).get("embed_dim") or encoder_width(size)
-            found = predictor_shape(state, width) if state_version(state) == "2.1" else {}
-            kwargs = {"num_mask_tokens": count_mask_tokens(state) or 10, **found, **dict(predictor or {})}
+            shape = predictor_shape(state, width) if found.deep_supervision else {}
+            kwargs = {"num_mask_tokens": count_mask_tokens(state) or 10, "version": found.name, **shape,
+                      **dict(predictor or {})}
             kwargs.setdefault("embed_dim", width)
             kwargs.setdefault("img_size", (encoder or {}).get("img_size", 224))
             kwargs.setdefault("num_frames", (encoder or {}).get("num_frames", 16))
             module: nn.Module = VisionTransformerPredictor(**kwargs)
         else:
-            module = vit(size, **{"version": state_version(state), **dict(encoder or {})})
-        check_version(path, key, state, module)
+            module = vit(size, **{"version": found.name, **dict(encoder or {})})
+        check_file_generation(path, key, state, module)
         load_strict(module, state, f"{key!r} in {str(path)!r}")
         modules[key] = module
     return modules
@@ -208,12 +214,11 @@ def read_weights(path: str | os.PathLike) -> Weights:
         parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
                  for name in OFFICIAL_KEYS}
         return Weights(str(path), parts, dict(ckpt.get("hyper_parameters") or {}))
-    if not any(k in ckpt for k in (*OFFICIAL_KEYS, "ema_encoder")):
+    ckpt = official_entries(ckpt)
+    if not any(k in ckpt for k in OFFICIAL_KEYS):
         raise CheckpointError(f"checkpoint file {str(path)!r} is neither a V-JEPA 2 checkpoint (keys encoder, "
                               f"predictor, target_encoder) nor a train.py checkpoint (key state_dict); it has "
                               f"{', '.join(map(str, list(ckpt)[:8]))}.")
-    if "ema_encoder" in ckpt and "target_encoder" not in ckpt:  # the distilled 2.1 ViT-B/L hub files
-        ckpt = {**ckpt, "target_encoder": ckpt["ema_encoder"]}
     return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None)
 
 
@@ -227,7 +232,7 @@ def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predic
              "target_encoder": weights.parts.get("target_encoder") or weights.part("encoder")}
     for key, module in (("encoder", encoder), ("predictor", predictor), ("target_encoder", target_encoder)):
         if parts[key]:
-            check_version(path, key, parts[key], module)
+            check_file_generation(path, key, parts[key], module)
             load_strict(module, parts[key], f"{key!r} in {str(path)!r}")
 
 
@@ -291,7 +296,7 @@ def load_encoder(
         if random_init and init_seed is not None:
             torch.manual_seed(init_seed)
         encoder = build_encoder(**args)
-    check_version(path, key, state, encoder)
+    check_file_generation(path, key, state, encoder)
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")
     return encoder

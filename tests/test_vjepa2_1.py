@@ -23,7 +23,7 @@ from stjepa.errors import CheckpointError
 from stjepa.losses import ContextLoss, context_weights, jepa_loss, level_norm
 from stjepa.models import ArgumentError, VisionTransformer, VisionTransformerPredictor, vit
 from stjepa.models.grid import gather_tokens
-from stjepa.models.versions import level_taps
+from stjepa.models.versions import GENERATIONS
 from stjepa.probe_module import MultiHeadProbe
 from stjepa.weights import export_official, load_official, load_pretraining_weights
 from train_helpers import read_metrics, run_script, run_train, series
@@ -127,6 +127,7 @@ def test_distance_weights_by_hand_and_for_a_batch_of_one():
 
 
 def test_taps_follow_the_official_table_and_spread_evenly_elsewhere():
+    level_taps = GENERATIONS["2.1"].taps
     assert [level_taps(d) for d in (12, 24, 40, 48)] == [(2, 5, 8, 11), (5, 11, 17, 23), (9, 19, 29, 39),
                                                          (11, 23, 37, 47)]
     assert level_taps(32) == (7, 15, 23, 31)  # ViT-H: upstream crashes

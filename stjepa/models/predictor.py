@@ -12,7 +12,7 @@ from .layers import Block
 from .arguments import ArgumentError, one_of, positive_int
 from .grid import Grid, check_indices
 from .stack import AttentionLayoutMixin, run_blocks
-from .versions import LEVELS, check_version, modality_embeddings, rope_style
+from .versions import DEFAULT_VERSION, generation, modality_embeddings
 from .vision_transformer import init_weights, rescale_residual_branches
 
 MODALITIES = ("video", "image")
@@ -52,18 +52,19 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         zero_init_mask_tokens: bool = True,
         attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
-        version: str = "2.0",
+        version: str = DEFAULT_VERSION,
         levels: int | None = None,
         out_embed_dim: int | None = None,
         predict_context: bool | None = None,
         interpolate_rope: bool | None = None,
     ):
         super().__init__()
-        self.version = check_version(version)
-        self.rope_style = rope_style(self.version, interpolate_rope)
-        v21 = self.version == "2.1"
-        self.levels = positive_int(LEVELS if levels is None and v21 else 1 if levels is None else levels, "levels")
-        if not v21 and (self.levels != 1 or out_embed_dim is not None or predict_context):
+        self.generation = generation(version)
+        self.version = self.generation.name
+        self.rope_style = self.generation.rope_style(interpolate_rope)
+        deep, context = self.generation.deep_supervision, self.generation.context_loss
+        self.levels = positive_int(self.generation.levels if levels is None else levels, "levels")
+        if (not deep and (self.levels != 1 or out_embed_dim is not None)) or (predict_context and not context):
             raise ArgumentError("{version} predictors have one level, the encoder's width and no context output; "
                                 "levels, out_embed_dim and predict_context are V-JEPA 2.1 settings.", version=version)
         if predictor_embed_dim % num_heads:
@@ -93,9 +94,9 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         out_width = self.levels * (embed_dim if out_embed_dim is None else positive_int(out_embed_dim, "out_embed_dim"))
         self.predictor_proj = nn.Linear(predictor_embed_dim, out_width)
         self.predictor_proj_context = None
-        if v21 and predict_context is not False:
+        if context and predict_context is not False:
             self.predictor_proj_context = nn.Linear(predictor_embed_dim, out_width)
-        if v21:
+        if self.generation.modality_embeddings:
             self.img_mod_embed, self.video_mod_embed = modality_embeddings(predictor_embed_dim)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.predictor_blocks)
@@ -149,7 +150,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         token = self.mask_tokens[mask_index % len(self.mask_tokens)]
         targets = token.to(context.dtype).expand(B, masks_y.shape[1], -1)
         tokens = torch.cat([context, targets], dim=1)
-        if self.version == "2.1":  # on every token, mask tokens included
+        if self.generation.modality_embeddings:  # on every token, mask tokens included
             tokens = tokens + (self.img_mod_embed if modality == "image" else self.video_mod_embed)
         ids = torch.cat([masks_x, masks_y], dim=1)
         out = run_blocks(

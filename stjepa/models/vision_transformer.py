@@ -13,7 +13,7 @@ from .layers import Block, PatchEmbed3D
 from .arguments import ArgumentError, one_of
 from .grid import Grid, check_indices, gather_tokens, token_grid
 from .stack import AttentionLayoutMixin, run_blocks
-from .versions import check_version, level_taps, modality_embeddings, rope_style
+from .versions import DEFAULT_VERSION, generation, modality_embeddings
 
 # name: (embed_dim, depth, num_heads, mlp_ratio, use_swiglu), as in V-JEPA 2. The released
 # ViT-g ("vit_giant_xformers" upstream) has 22 heads and a GELU MLP: the hub passes its SiLU
@@ -55,11 +55,12 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
     mask set). It returns the visible tokens' features in the order of the indices: a tensor,
     or a list with one tensor per mask set.
 
-    ``version='2.1'`` builds a V-JEPA 2.1 encoder (:mod:`stjepa.models.versions`): images (and
-    1-frame clips) go through ``patch_embed_img``, a modality embedding is added after the
-    tokenizer, and the output is the last of 4 levels (``levels='all'``: the 4 levels
-    concatenated on channels, shallow to deep, as training uses them; a list of level indices:
-    those levels concatenated). Version 2.0 repeats an image's frame to fill a tubelet.
+    ``version`` names the generation (:mod:`stjepa.models.versions`), held as ``generation``.
+    ``version='2.1'`` builds a V-JEPA 2.1 encoder: images (and 1-frame clips) go through
+    ``patch_embed_img``, a modality embedding is added after the tokenizer, and the output is
+    the last of 4 levels (``levels='all'``: the 4 levels concatenated on channels, shallow to
+    deep, as training uses them; a list of level indices: those levels concatenated). Version
+    2.0 repeats an image's frame to fill a tubelet.
     """
 
     def __init__(
@@ -81,12 +82,13 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         init_std: float = 0.02,
         attention: AttentionConfig | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
-        version: str = "2.0",
+        version: str = DEFAULT_VERSION,
         interpolate_rope: bool | None = None,
     ):
         super().__init__()
-        self.version = check_version(version)
-        self.rope_style = rope_style(self.version, interpolate_rope)
+        self.generation = generation(version)
+        self.version = self.generation.name
+        self.rope_style = self.generation.rope_style(interpolate_rope)
         if embed_dim % num_heads:
             raise ArgumentError("{embed_dim} is not divisible by {num_heads}.", embed_dim=embed_dim, num_heads=num_heads)
         self.img_size, self.num_frames = img_size, num_frames
@@ -100,12 +102,14 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, rates[i], use_swiglu, norm_eps)
             for i in range(depth)
         )
-        if self.version == "2.0":
-            self.taps, self.norm = None, nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.taps = self.generation.taps(depth)
+        if self.taps is None:
+            self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         else:
-            self.taps = level_taps(depth)
             self.norms_block = nn.ModuleList(nn.LayerNorm(embed_dim, eps=norm_eps) for _ in self.taps)
+        if self.generation.image_tokenizer:
             self.patch_embed_img = PatchEmbed3D(patch_size, 1, in_chans, embed_dim)
+        if self.generation.modality_embeddings:
             self.img_mod_embed, self.video_mod_embed = modality_embeddings(embed_dim)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.blocks)
@@ -126,13 +130,11 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             x = x.unsqueeze(2)
         if x.dim() != 5:
             raise ValueError(f"encoder input must be (B, C, T, H, W) video or (B, C, H, W) images, got {tuple(x.shape)}.")
-        if x.shape[2] == 1 and self.version != "2.1":
-            x = x.expand(-1, -1, self.tubelet_size, -1, -1)
-        return x
+        return self.generation.as_clip(x, self.tubelet_size)
 
     def is_image(self, shape: Sequence[int]) -> bool:
-        """A (B, C, 1, H, W) input that 2.1's 1-frame image tokenizer embeds."""
-        return self.version == "2.1" and shape[2] == 1
+        """A (B, C, 1, H, W) input that the 1-frame image tokenizer (2.1) embeds."""
+        return self.generation.image_tokenizer and shape[2] == 1
 
     def input_grid(self, shape: Sequence[int]) -> Grid:
         """Token grid of a (B, C, T, H, W) input as :meth:`prepare_input` leaves it."""
@@ -144,7 +146,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         if self.is_image(x.shape):  # the 1-frame tokenizer
             return self.patch_embed_img(x) + self.img_mod_embed, grid
         tokens = self.patch_embed(x)
-        return (tokens + self.video_mod_embed if self.version == "2.1" else tokens), grid
+        return (tokens + self.video_mod_embed if self.generation.modality_embeddings else tokens), grid
 
     def forward(self, x: Tensor, masks: Tensor | list[Tensor] | None = None,
                 levels: str | Sequence[int] | None = None) -> Tensor | list[Tensor]:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.masks import V_JEPA2_MASKS, MaskCollator
+from ..models.versions import DEFAULT_VERSION, GENERATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,7 +107,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor-width", type=int)
     p.add_argument("--predictor-heads", type=int)
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--version", choices=["2.0", "2.1"], default="2.0", help="model.version (2.1: 4 levels, context loss)")
+    p.add_argument("--version", choices=list(GENERATIONS), default=DEFAULT_VERSION,
+                   help="model.version (2.1: 4 levels, context loss)")
 
 
 def model_from_args(args) -> dict:
