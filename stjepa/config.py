@@ -12,37 +12,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data.masks import MaskSpec
+from .checks import check_choice, check_int
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .model_config import build_encoder, build_predictor
-from .models.arguments import ArgumentError, one_of, positive_int
+from .models.arguments import ArgumentError
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
-NONFINITE_ACTIONS = ("stop", "skip")
 COMPILE_CHOICES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def check_int(value: Any, key: str, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum``, else a ConfigError naming ``key``."""
-    try:
-        return positive_int(value, "value", minimum)
-    except ArgumentError as exc:
-        raise ConfigError(exc.render(lambda _: key)) from None
-
-
-def check_ints(group: str, **values: tuple[Any, int]) -> None:
-    """``name=(value, minimum)`` for keys of one config group: each an integer >= its minimum,
-    else a ConfigError naming ``<group>.<name>``."""
-    for name, (value, minimum) in values.items():
-        check_int(value, f"{group}.{name}", minimum)
-
-
-def check_choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
-    try:
-        return one_of(value, "value", allowed)
-    except ArgumentError as exc:
-        raise ConfigError(exc.render(lambda _: key)) from None
 
 
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:
@@ -201,9 +179,6 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("ckpt_path and resume=true both choose a checkpoint to resume from; give one of them.")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a train.py .ckpt file.")
-    guard = OmegaConf.select(cfg, "callbacks.nonfinite_guard")
-    if guard:
-        check_choice(guard.get("action"), "callbacks.nonfinite_guard.action", NONFINITE_ACTIONS)
     for name in ("last_checkpoint", "flop_counter"):
         every = OmegaConf.select(cfg, f"callbacks.{name}.every_n_train_steps")
         if every is not None:

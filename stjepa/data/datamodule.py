@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import check_ints
+from ..checks import check_ints
 from ..errors import ConfigError
 from .collate import Collate, MaskingCollate
 from .file_dataset import FileDataset
