@@ -92,9 +92,12 @@ def check_required(cfg: DictConfig) -> None:
 
 
 def check_common(cfg: DictConfig) -> None:
-    """What train.py and probe.py share: required keys and the seed."""
+    """What train.py and probe.py share: required keys, the seed, a W&B key where W&B logs online."""
+    from .loggers import check_wandb_login  # imports Lightning's loggers: only when a config is checked
+
     check_required(cfg)
     check_int(cfg.get("seed"), "seed", 0)
+    check_wandb_login(cfg)
 
 
 def check_machine(trainer: DictConfig) -> None:
