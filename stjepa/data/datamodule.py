@@ -208,6 +208,9 @@ class KineticsDataModule(VideoDataModule):
         self.val_manifests = _as_list(val_manifest)
         if not self.train_manifests:
             raise ConfigError("data.train_manifest must name at least one manifest (a path or a list of paths).")
+        if isinstance(weights, Mapping):
+            raise ConfigError(f"data.weights={dict(weights)} is a mapping, but this data source takes one weight per "
+                              f"train manifest in their order, as a list (for example data.weights=[0.7,0.3]).")
         if weights is not None and len(weights) != len(self.train_manifests):
             raise ConfigError(f"data.weights has {len(weights)} values for {len(self.train_manifests)} train "
                              f"manifests; give one weight per manifest or null.")
