@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .data.manifests import RENAMED_KEYS
 from .data.masks import MaskSpec
 from .checks import check_choice, check_int
 from .errors import ConfigError, UserError
@@ -81,8 +82,22 @@ def check_loss(loss: DictConfig | None) -> None:
         raise ConfigError(exc.render(lambda name: f"loss.{name}")) from None
 
 
+def settle_renamed_keys(node: DictConfig) -> None:
+    """A key marked ??? whose earlier name (:data:`~stjepa.data.manifests.RENAMED_KEYS`) is set
+    counts as set: it becomes null, and the data module reads the earlier name (so its
+    sentences name the key the user gave)."""
+    for key in list(node.keys()):
+        if key == "hydra" or OmegaConf.is_missing(node, key):
+            continue
+        if key in RENAMED_KEYS and node.get(key) is not None and OmegaConf.is_missing(node, RENAMED_KEYS[key]):
+            node[RENAMED_KEYS[key]] = None
+        elif OmegaConf.is_dict(node._get_node(key)):
+            settle_renamed_keys(node[key])
+
+
 def check_required(cfg: DictConfig) -> None:
-    """Keys marked ??? in the YAML that the command line did not set."""
+    """Keys marked ??? in the YAML that the command line did not set (nor by an earlier name)."""
+    settle_renamed_keys(cfg)
     missing = sorted(key for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key))
     missing += sorted(m for key in cfg if key != "hydra" and not OmegaConf.is_missing(cfg, key)
                       and OmegaConf.is_config(cfg[key]) for m in OmegaConf.missing_keys(cfg[key]))  # full keys
