@@ -1,8 +1,9 @@
 """What the thin entry points share: .env loading, config resolvers, a check of the command
 line's keys, and turning user errors and numerical faults into one line.
 
-This module imports only the standard library, omegaconf and :mod:`stjepa.errors`, so
-``python train.py --help`` and a mistyped key answer without importing torch or Lightning."""
+This module imports only the standard library, omegaconf and :mod:`stjepa.errors` (and Hydra,
+which the entry points load anyway, inside the functions that compose), so ``python train.py
+--help`` and a mistyped key answer without importing torch or Lightning."""
 from __future__ import annotations
 
 import difflib

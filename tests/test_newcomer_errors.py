@@ -172,6 +172,14 @@ def test_images_take_train_manifest_and_their_earlier_name_alike(tmp_path, class
         check_train_config(compose_config(tmp_path, ["data=images", "model.version=2.1"]))
 
 
+@pytest.mark.parametrize("val_key, train_key", [("val_manifest", "train_manifest"), ("val_root", "train_root")])
+def test_a_val_list_without_a_train_list_names_the_keys_as_given(val_key, train_key):
+    from stjepa.data.datamodule import ImageDataModule
+
+    with pytest.raises(ConfigError, match=f"^data.{val_key} is set but data.{train_key} is not;"):
+        ImageDataModule(**{val_key: "/somewhere"})
+
+
 def test_the_manifest_data_module_keeps_its_earlier_name():
     from hydra.utils import get_class
 

@@ -307,8 +307,8 @@ class ImageDataModule(VideoDataModule):
         super().__init__(**common)
         train_key, train_manifest = list_key("train_manifest", train_manifest, train_root)
         val_key, val_manifest = list_key("val_manifest", val_manifest, val_root)
-        if train_manifest is None and val_manifest is not None:
-            raise ConfigError(f"{val_key} is set but {train_key} is not; give both (folders or lists of images) or "
+        if train_manifest is None and val_manifest is not None:  # the train key named as the val key was
+            raise ConfigError(f"{val_key} is set but {val_key.replace('val_', 'train_')} is not; give both (folders or lists of images) or "
                               f"neither (synthetic images).")
         check_ints("data", train_size=(train_size, 1), val_size=(val_size, 0))
         check_lists_exist(train_key, _as_list(train_manifest), "image")
