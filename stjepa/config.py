@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_choice, check_int
 from .data.manifests import RENAMED_KEYS
 from .data.masks import MaskSpec
-from .checks import check_choice, check_int
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .model_config import build_encoder, build_predictor

@@ -308,8 +308,8 @@ class ImageDataModule(VideoDataModule):
         train_key, train_manifest = list_key("train_manifest", train_manifest, train_root)
         val_key, val_manifest = list_key("val_manifest", val_manifest, val_root)
         if train_manifest is None and val_manifest is not None:  # the train key named as the val key was
-            raise ConfigError(f"{val_key} is set but {val_key.replace('val_', 'train_')} is not; give both (folders or lists of images) or "
-                              f"neither (synthetic images).")
+            raise ConfigError(f"{val_key} is set but {val_key.replace('val_', 'train_')} is not; give both (folders "
+                              f"or lists of images) or neither (synthetic images).")
         check_ints("data", train_size=(train_size, 1), val_size=(val_size, 0))
         check_lists_exist(train_key, _as_list(train_manifest), "image")
         check_lists_exist(val_key, _as_list(val_manifest), "image")
