@@ -27,8 +27,8 @@ crf 24), ``mkv`` (MPEG-4 part 2) and ``avi`` (MJPEG); each needs its encoder in 
 ``--images`` writes still frames instead (item ``i``'s first frame), ImageNet style, labelled by
 shape unless ``--label`` says otherwise; sizes and formats (``jpg``, ``png``) round-robin::
 
-    OUT_DIR/train/<class_name>/shapes_00000.jpg    # python probe.py data=images data.train_root=OUT_DIR/train
-    OUT_DIR/val/<class_name>/shapes_00003.png      #   data.val_root=OUT_DIR/val
+    OUT_DIR/train/<class_name>/shapes_00000.jpg    # python probe.py data=images data.train_manifest=OUT_DIR/train
+    OUT_DIR/val/<class_name>/shapes_00003.png      #   data.val_manifest=OUT_DIR/val
     OUT_DIR/train.txt, OUT_DIR/val.txt             # the same images as "<relative path> <int label>" lists
     OUT_DIR/classes.json
     OUT_DIR/bad.txt, OUT_DIR/bad/                  # with --bad: a corrupt JPEG, a truncated PNG, a text

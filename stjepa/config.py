@@ -11,39 +11,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_choice, check_int
+from .data.manifests import RENAMED_KEYS
 from .data.masks import MaskSpec
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .model_config import RunAttention, build_encoder, build_predictor
-from .models.arguments import ArgumentError, one_of, positive_int
+from .models.arguments import ArgumentError
 from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
-NONFINITE_ACTIONS = ("stop", "skip")
 COMPILE_CHOICES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def check_int(value: Any, key: str, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum``, else a ConfigError naming ``key``."""
-    try:
-        return positive_int(value, "value", minimum)
-    except ArgumentError as exc:
-        raise ConfigError(exc.render(lambda _: key)) from None
-
-
-def check_ints(group: str, **values: tuple[Any, int]) -> None:
-    """``name=(value, minimum)`` for keys of one config group: each an integer >= its minimum,
-    else a ConfigError naming ``<group>.<name>``."""
-    for name, (value, minimum) in values.items():
-        check_int(value, f"{group}.{name}", minimum)
-
-
-def check_choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
-    try:
-        return one_of(value, "value", allowed)
-    except ArgumentError as exc:
-        raise ConfigError(exc.render(lambda _: key)) from None
 
 
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:
@@ -107,8 +86,22 @@ def check_loss(loss: DictConfig | None) -> None:
         raise ConfigError(exc.render(lambda name: f"loss.{name}")) from None
 
 
+def settle_renamed_keys(node: DictConfig) -> None:
+    """A key marked ??? whose earlier name (:data:`~stjepa.data.manifests.RENAMED_KEYS`) is set
+    counts as set: it becomes null, and the data module reads the earlier name (so its
+    sentences name the key the user gave)."""
+    for key in list(node.keys()):
+        if key == "hydra" or OmegaConf.is_missing(node, key):
+            continue
+        if key in RENAMED_KEYS and node.get(key) is not None and OmegaConf.is_missing(node, RENAMED_KEYS[key]):
+            node[RENAMED_KEYS[key]] = None
+        elif OmegaConf.is_dict(node._get_node(key)):
+            settle_renamed_keys(node[key])
+
+
 def check_required(cfg: DictConfig) -> None:
-    """Keys marked ??? in the YAML that the command line did not set."""
+    """Keys marked ??? in the YAML that the command line did not set (nor by an earlier name)."""
+    settle_renamed_keys(cfg)
     missing = sorted(key for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key))
     missing += sorted(m for key in cfg if key != "hydra" and not OmegaConf.is_missing(cfg, key)
                       and OmegaConf.is_config(cfg[key]) for m in OmegaConf.missing_keys(cfg[key]))  # full keys
@@ -118,9 +111,12 @@ def check_required(cfg: DictConfig) -> None:
 
 
 def check_common(cfg: DictConfig) -> None:
-    """What train.py and probe.py share: required keys and the seed."""
+    """What train.py and probe.py share: required keys, the seed, a W&B key where W&B logs online."""
+    from .loggers import check_wandb_login  # imports Lightning's loggers: only when a config is checked
+
     check_required(cfg)
     check_int(cfg.get("seed"), "seed", 0)
+    check_wandb_login(cfg)
 
 
 def check_machine(trainer: DictConfig) -> None:
@@ -207,9 +203,6 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
         raise ConfigError("ckpt_path and resume=true both choose a checkpoint to resume from; give one of them.")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a train.py .ckpt file.")
-    guard = OmegaConf.select(cfg, "callbacks.nonfinite_guard")
-    if guard:
-        check_choice(guard.get("action"), "callbacks.nonfinite_guard.action", NONFINITE_ACTIONS)
     for name in ("last_checkpoint", "flop_counter"):
         every = OmegaConf.select(cfg, f"callbacks.{name}.every_n_train_steps")
         if every is not None:

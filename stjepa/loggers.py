@@ -1,8 +1,11 @@
 """Experiment loggers from the ``logger`` config group (CSV always available, W&B optional)."""
 from __future__ import annotations
 
+import netrc
 import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -10,6 +13,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import ConfigError
 from .model_config import RunAttention
 from .wandb_workspace import sweep_group_name
 
@@ -41,6 +45,43 @@ def wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY")
 
 
+def is_wandb(settings: Any) -> bool:
+    """Whether a ``logger`` entry builds a W&B logger."""
+    return bool(settings) and "_target_" in settings and issubclass(get_class(settings._target_), WandbLogger)
+
+
+def runs_offline(settings: DictConfig) -> bool:
+    """A W&B logger entry's ``offline``, where null means: decided from the environment."""
+    return wandb_offline() if settings.get("offline") is None else bool(settings.offline)
+
+
+def wandb_key_found() -> bool:
+    """Whether wandb will find an API key without asking: WANDB_API_KEY (or an identity token
+    file) in the environment, or an entry for the W&B host in the netrc file ``wandb login``
+    writes. Read here, without network, so a run stops before any work instead of in
+    ``wandb.init`` with a traceback."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def check_wandb_login(cfg: DictConfig) -> None:
+    """A W&B logger that runs online needs an API key."""
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return
+    for name, settings in (cfg.get("logger") or {}).items():
+        if is_wandb(settings) and not runs_offline(settings) and not wandb_key_found():
+            raise ConfigError(f"logger.{name} logs to W&B online but no API key was found (no WANDB_API_KEY, no "
+                              f"W&B entry in ~/.netrc); set WANDB_API_KEY in .env, or run offline with "
+                              f"WANDB_MODE=offline.")
+
+
 def build_loggers(cfg: DictConfig, attention: RunAttention | None) -> list[Any]:
     """The ``logger`` group's loggers; W&B runs are named and tagged by ``attention``, the run's
     layout (None: a probe that keeps its checkpoint's layout)."""
@@ -49,13 +90,13 @@ def build_loggers(cfg: DictConfig, attention: RunAttention | None) -> list[Any]:
         if not settings or "_target_" not in settings:
             continue
         extra: dict[str, Any] = {}
-        if issubclass(get_class(settings._target_), WandbLogger):
+        if is_wandb(settings):
             layout = attention.tag if attention is not None else "full"
             extra["name"] = settings.get("name") or cfg.get("run_name") or f"{cfg.model.size}-{layout}"
             extra["group"] = settings.get("group") or sweep_group(cfg)
             extra["tags"] = [*(settings.get("tags") or []), *(attention.tags() if attention else []),
                              f"model:{cfg.model.size}"]
-            extra["offline"] = wandb_offline() if settings.get("offline") is None else settings.offline
+            extra["offline"] = runs_offline(settings)
         loggers.append(instantiate(settings, **extra))
     return loggers
 

@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint_io import atomic_write_text
-from .config import check_common, check_int, check_machine, data_modality, instantiate_checked, plain
+from .checks import check_int
+from .config import check_common, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
 from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline

@@ -142,7 +142,7 @@ def test_configs_that_cannot_train_on_images_are_refused(tmp_path, overrides, me
 def test_the_mixture_preset_composes_with_a_video_manifest_source(tmp_path):
     cfg = compose_config(tmp_path, ["data=mixture", "data@data.sources.video=kinetics",
                                     f"data.sources.video.train_manifest={__file__}", "data.rank_ratio=0.5"])
-    assert cfg.data.sources.video._target_.endswith("KineticsDataModule")
+    assert cfg.data.sources.video._target_.endswith("ManifestDataModule")
     assert cfg.data.frames_per_clip == cfg.data.sources.video.frames_per_clip == 16
     check_train_config(cfg)
 

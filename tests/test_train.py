@@ -289,7 +289,7 @@ def test_vjepa2_1_presets_carry_the_official_2_1_values(tmp_path, experiment):
     from stjepa.config import ConfigError, check_train_config
 
     video = f"data.sources.video.train_manifest={__file__}"
-    with pytest.raises(ConfigError, match=r"^data.sources.images.train_root must be set"):
+    with pytest.raises(ConfigError, match=r"^data.sources.images.train_manifest must be set"):
         check_train_config(compose_config(tmp_path, [f"experiment={experiment}", video]))  # ImageNet is needed
     args = [f"experiment={experiment}", video, f"data.sources.images.train_root={tmp_path}"]
     cfg = compose_config(tmp_path, args)
@@ -300,7 +300,7 @@ def test_vjepa2_1_presets_carry_the_official_2_1_values(tmp_path, experiment):
     world, video, images = cfg.trainer.devices * cfg.trainer.num_nodes, cfg.data.sources.video, cfg.data.sources.images
     assert (world, cfg.data.rank_ratio) == ((256 if cooldown else 128), 0.5)
     assert video.batch_size * world // 2 == 3072 and (images.batch_size, images.crop_size) == (72, 256)
-    assert video._target_.endswith("KineticsDataModule") and images._target_.endswith("ImageDataModule")
+    assert video._target_.endswith("ManifestDataModule") and images._target_.endswith("ImageDataModule")
     assert (video.frames_per_clip, video.crop_size, video.fps) == ((64 if cooldown else 16), 256, 4)
     assert cfg.optim.lr == 6e-4 and cfg.trainer.max_steps == (12000 if cooldown else 300000)
     assert dict(cfg.image_mask.images) == {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stjepa.data.clips import clip_indices, frame_step_for
-from stjepa.data.datamodule import KineticsDataModule
+from stjepa.data.datamodule import ManifestDataModule
 from stjepa.data.manifests import ManifestError, VideoSample
 from stjepa.data.sampler import StreamSampler
 from stjepa.data.transforms import EvalTransform, TrainTransform, random_resized_crop_box
@@ -160,19 +160,19 @@ def test_weighted_mixing_samples_in_proportion():
 
 
 def test_datamodule_weights_from_config(dataset_dir):
-    dm = KineticsDataModule(train_manifest=[str(dataset_dir / "train.txt"), str(dataset_dir / "val.txt")],
+    dm = ManifestDataModule(train_manifest=[str(dataset_dir / "train.txt"), str(dataset_dir / "val.txt")],
                             weights=[1.0, 3.0], batch_size=2, frames_per_clip=8, crop_size=64)
     dm.setup()
     w = dm.sample_weights()
     per_source = torch.zeros(2, dtype=torch.float64).index_add_(0, torch.tensor([s.source for s in dm.train_set.samples]), w)
     torch.testing.assert_close(per_source / per_source.sum(), torch.tensor([0.25, 0.75], dtype=torch.float64))
     with pytest.raises(ValueError, match="data.weights has 1 values for 2 train manifests"):
-        KineticsDataModule(train_manifest=["a", "b"], weights=[1.0])
+        ManifestDataModule(train_manifest=["a", "b"], weights=[1.0])
 
 
 def test_empty_manifest_is_refused(tmp_path):
     (tmp_path / "empty.txt").write_text("\n# nothing here\n")
-    dm = KineticsDataModule(train_manifest=str(tmp_path / "empty.txt"), batch_size=2)
+    dm = ManifestDataModule(train_manifest=str(tmp_path / "empty.txt"), batch_size=2)
     with pytest.raises(ManifestError, match="empty.txt' lists no videos"):
         dm.setup()
 

@@ -13,12 +13,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import check_ints
+from ..checks import check_ints
 from ..errors import ConfigError
 from .collate import Collate, MaskingCollate
 from .file_dataset import FileDataset
 from .image_dataset import ImageDataset, SyntheticImages
-from .manifests import load_manifests, save_label_map
+from .manifests import RENAMED_KEYS, check_lists_exist, load_manifests, save_label_map
 from .masks import Grid
 from .sampler import StreamSampler
 from .synthetic import NOISE, MovingShapesDataset, num_classes
@@ -178,9 +178,10 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
-class KineticsDataModule(VideoDataModule):
+class ManifestDataModule(VideoDataModule):
     """Video files listed in manifests (V-JEPA lists, Kinetics CSVs or class folders), decoded
-    with decord (or PyAV / torchcodec), V-JEPA 2 clip sampling and augmentation."""
+    with decord (or PyAV / torchcodec), V-JEPA 2 clip sampling and augmentation (``data=kinetics``
+    and every data config built on it)."""
 
     def __init__(
         self,
@@ -208,11 +209,16 @@ class KineticsDataModule(VideoDataModule):
         self.val_manifests = _as_list(val_manifest)
         if not self.train_manifests:
             raise ConfigError("data.train_manifest must name at least one manifest (a path or a list of paths).")
+        if isinstance(weights, Mapping):
+            raise ConfigError(f"data.weights={dict(weights)} is a mapping, but this data source takes one weight per "
+                              f"train manifest in their order, as a list (for example data.weights=[0.7,0.3]).")
         if weights is not None and len(weights) != len(self.train_manifests):
             raise ConfigError(f"data.weights has {len(weights)} values for {len(self.train_manifests)} train "
                              f"manifests; give one weight per manifest or null.")
         if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
             raise ConfigError(f"data.weights={list(weights)} must be non-negative with a positive sum.")
+        check_lists_exist("data.train_manifest", self.train_manifests, "video")
+        check_lists_exist("data.val_manifest", self.val_manifests, "video")
         self.weights = None if weights is None else [float(w) for w in weights]
         self.video_root, self.decoder, self.output_dir = video_root, decoder, output_dir
         self.splits = [train_split] * len(self.train_manifests) + [val_split] * len(self.val_manifests)
@@ -257,19 +263,32 @@ class KineticsDataModule(VideoDataModule):
         return weights[sources]
 
 
+KineticsDataModule = ManifestDataModule  # its earlier name, in configs and checkpoints written before
+
+
+def list_key(name: str, value: Any, earlier_value: Any) -> tuple[str, Any]:
+    """The config key a list was given under (``data.<name>`` or its earlier name, which is
+    still read) and its value; both given is refused."""
+    earlier = next(old for old, new in RENAMED_KEYS.items() if new == name)
+    if value is not None and earlier_value is not None:
+        raise ConfigError(f"data.{earlier} is the earlier name of data.{name}; give one of them.")
+    return (f"data.{earlier}", earlier_value) if earlier_value is not None else (f"data.{name}", value)
+
+
 class ImageDataModule(VideoDataModule):
     """Images from an ImageNet-style folder (``root/<class>/*.jpg``) or a ``<path> <label>``
-    list (``data.train_root`` / ``data.val_root``), decoded with Pillow, with V-JEPA 2's random
-    resized crop and flip; bad images are skipped and counted. Without ``train_root``, still
-    frames of the synthetic shapes (no files), labelled by shape. ``frames_per_clip`` is the clip
-    length the model is built for; the images themselves are single frames."""
+    list (``data.train_manifest`` / ``data.val_manifest``, as for videos; their earlier names
+    ``data.train_root`` / ``data.val_root`` are still read), decoded with Pillow, with V-JEPA 2's
+    random resized crop and flip; bad images are skipped and counted. Without a train list,
+    still frames of the synthetic shapes (no files), labelled by shape. ``frames_per_clip`` is
+    the clip length the model is built for; the images themselves are single frames."""
 
     modality = "image"
 
     def __init__(
         self,
-        train_root: str | None = None,
-        val_root: str | None = None,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
         image_root: str | None = None,
         random_resize_scale: Sequence[float] = (0.3, 1.0),
         random_resize_aspect_ratio: Sequence[float] = (0.75, 1.35),
@@ -281,17 +300,24 @@ class ImageDataModule(VideoDataModule):
         colors: str = "random",
         noise: int = NOISE,
         output_dir: str | None = None,
+        train_root: str | None = None,
+        val_root: str | None = None,
         **common: Any,
     ):
         super().__init__(**common)
-        if train_root is None and val_root is not None:
-            raise ConfigError("data.val_root is set but data.train_root is not; give both (folders or lists of "
-                              "images) or neither (synthetic images).")
+        train_key, train_manifest = list_key("train_manifest", train_manifest, train_root)
+        val_key, val_manifest = list_key("val_manifest", val_manifest, val_root)
+        if train_manifest is None and val_manifest is not None:  # the train key named as the val key was
+            raise ConfigError(f"{val_key} is set but {val_key.replace('val_', 'train_')} is not; give both (folders "
+                              f"or lists of images) or neither (synthetic images).")
         check_ints("data", train_size=(train_size, 1), val_size=(val_size, 0))
-        self.train_root, self.val_root, self.image_root, self.output_dir = train_root, val_root, image_root, output_dir
+        check_lists_exist(train_key, _as_list(train_manifest), "image")
+        check_lists_exist(val_key, _as_list(val_manifest), "image")
+        self.train_manifest, self.val_manifest = train_manifest, val_manifest
+        self.image_root, self.output_dir = image_root, output_dir
         self.train_size, self.val_size = train_size, val_size
         self.synthetic = dict(label=label, num_shapes=num_shapes, colors=colors, noise=noise)
-        if train_root is None:
+        if train_manifest is None:
             SyntheticImages(1, self.crop_size, **self.synthetic)  # checks the options now
         self.train_transform = TrainTransform(self.crop_size, tuple(random_resize_scale),
                                               tuple(random_resize_aspect_ratio), horizontal_flip)
@@ -300,22 +326,22 @@ class ImageDataModule(VideoDataModule):
 
     @property
     def num_classes(self) -> int:
-        if self.train_root is None:
+        if self.train_manifest is None:
             return num_classes(self.synthetic["label"])
         self.setup("fit")
         return max(self.label_map.values()) + 1
 
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
-        if self.train_root is None:
+        if self.train_manifest is None:
             val = SyntheticImages(self.val_size, self.crop_size, self.seed + 7919, **self.synthetic)
             return (SyntheticImages(self.train_size, self.crop_size, self.seed, **self.synthetic),
                     val if self.val_size else None)
-        roots = [str(self.train_root)] + ([str(self.val_root)] if self.val_root else [])
-        samples, self.label_map = load_manifests(roots, self.image_root, media="image")
-        train = ImageDataset([s for s in samples if s.source == 0], roots[:1], self.train_transform, self.seed)
+        lists = [str(self.train_manifest)] + ([str(self.val_manifest)] if self.val_manifest else [])
+        samples, self.label_map = load_manifests(lists, self.image_root, media="image")
+        train = ImageDataset([s for s in samples if s.source == 0], lists[:1], self.train_transform, self.seed)
         val = None
-        if self.val_root:
-            val = ImageDataset([s for s in samples if s.source == 1], roots[1:], self.eval_transform, self.seed)
+        if self.val_manifest:
+            val = ImageDataset([s for s in samples if s.source == 1], lists[1:], self.eval_transform, self.seed)
         if self.output_dir:
             save_label_map(self.label_map, Path(self.output_dir) / "label_map.json")
         return train, val

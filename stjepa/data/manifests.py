@@ -36,6 +36,11 @@ EXTENSIONS = {"video": VIDEO_EXTENSIONS, "image": IMAGE_EXTENSIONS}  # by media
 FORMATS = ("vjepa", "kinetics_csv", "folders")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 UNASSIGNED = -1  # label id of named-label samples until a label map is applied
+# earlier names of the data keys that give lists, still read: image sources named theirs
+# train_root / val_root (a folder or a list file, as a video source's train_manifest is)
+RENAMED_KEYS = {"train_root": "train_manifest", "val_root": "val_manifest"}
+LIST_FORMS = {"video": "a V-JEPA '<path> <label>' list, a Kinetics annotations CSV or a folder of class folders",
+              "image": "a folder of class folders (root/<class>/*.jpg) or a '<path> <integer label>' list file"}
 
 PathLike = str | os.PathLike
 
@@ -57,6 +62,14 @@ class Manifest:
 
 
 # -- format detection ----------------------------------------------------------------------------
+
+def check_lists_exist(key: str, paths: Iterable[PathLike], media: str) -> None:
+    """Every path given under config key ``key`` exists, else one sentence naming the key and
+    what it may be."""
+    for path in paths:
+        if not os.path.exists(os.path.expanduser(os.fspath(path))):
+            raise ManifestError(f"{key} names '{path}', which does not exist; give {LIST_FORMS[media]}.")
+
 
 def _check_exists(path: str) -> None:
     if not os.path.exists(path):

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import check_ints
+from ..checks import check_choice, check_ints
 from ..errors import ConfigError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -107,8 +107,8 @@ def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str
     ``colors="mono"`` the same numbers are drawn (so shapes, positions and motion are those of
     the ``random`` clip) and the colours are then replaced by the fixed mono palette.
     """
-    check_choice("boundary", boundary, BOUNDARIES)
-    check_choice("colors", colors, COLOR_MODES)
+    check_choice(boundary, "data.boundary", BOUNDARIES)
+    check_choice(colors, "data.colors", COLOR_MODES)
     ints = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
     u = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
     color = tuple(u[0:3])
@@ -130,11 +130,6 @@ def sample_params(generator: torch.Generator, num_shapes: int = 1, boundary: str
         objects=tuple(objects),
         boundary=boundary,
     )
-
-
-def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"data.{key}={value!r} is not known; allowed values are {', '.join(allowed)}.")
 
 
 def _reflect(p: Tensor, lo: float, hi: float) -> Tensor:
@@ -263,8 +258,8 @@ class MovingShapesDataset(Dataset):
             raise ConfigError(_unknown_task(label))
         if not (isinstance(frame_step, (int, float)) and frame_step > 0):
             raise ConfigError(f"data.frame_step={frame_step!r} is not allowed; allowed values are numbers > 0.")
-        check_choice("boundary", boundary, BOUNDARIES)
-        check_choice("colors", colors, COLOR_MODES)
+        check_choice(boundary, "data.boundary", BOUNDARIES)
+        check_choice(colors, "data.colors", COLOR_MODES)
         self.num_samples = num_samples
         self.frames_per_clip = frames_per_clip
         self.crop_size = crop_size
