@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .arguments import ArgumentError, positive_int
+from .attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
+                                 varlen_attend, varlen_attn)
 from .grid import Grid, grid_positions
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
@@ -74,28 +76,6 @@ def area_index(t: Tensor, h: Tensor, w: Tensor, grid: tuple[int, int, int], spli
     ah = torch.div(h * splits.height, H, rounding_mode="floor")
     aw = torch.div(w * splits.width, W, rounding_mode="floor")
     return (at * splits.height + ah) * splits.width + aw
-
-
-def _varlen_attn():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.9
-        return None
-    return varlen_attn
-
-
-def flex_attention_for(device: torch.device):
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if device.type == "cuda":  # eager flex is the slow reference path; compile for the kernel
-        global _COMPILED_FLEX
-        if _COMPILED_FLEX is None:
-            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-        return _COMPILED_FLEX
-    return flex_attention
-
-
-_COMPILED_FLEX = None
 
 
 class AreaLayout:
@@ -140,13 +120,13 @@ class AreaLayout:
                 raise ArgumentError(
                     "{backend} needs every area to hold the same number of tokens; area sizes here range "
                     f"{int(self.counts_host.min())}..{self.max_area}; use 'auto'.", backend=backend)
-            if backend == "varlen" and (self.area.device.type != "cuda" or _varlen_attn() is None):
+            if backend == "varlen" and (self.area.device.type != "cuda" or varlen_attn() is None):
                 raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
             return backend
         if self.is_equal:
             return "equal"
         if self.area.device.type == "cuda":
-            return "varlen" if _varlen_attn() is not None else "flex"
+            return "varlen" if varlen_attn() is not None else "flex"
         return "padded"
 
     # -- per-backend structures, built on first use and shared by all layers ---------------
@@ -177,8 +157,6 @@ class AreaLayout:
 
     @cached_property
     def _flex_block_mask(self):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         segment = self._segments[0]
         total = segment.numel()
 
@@ -198,67 +176,27 @@ class AreaLayout:
 
 
 def _dense(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    mask = layout.area[:, None, :, None] == layout.area[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return masked_attend(q, k, v, layout.area[:, None, :, None] == layout.area[:, None, None, :])
 
 
 def _equal(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    B, Hh, N, D = q.shape
-    A = layout.num_areas
-
-    def split(x: Tensor) -> Tensor:
-        return x.reshape(B, Hh, A, N // A, D).transpose(1, 2).reshape(B * A, Hh, N // A, D)
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.reshape(B, A, Hh, N // A, D).transpose(1, 2).reshape(B, Hh, N, D)
-
-
-def flatten_tokens(x: Tensor) -> Tensor:
-    B, Hh, N, D = x.shape
-    return x.transpose(1, 2).reshape(B * N, Hh, D)
-
-
-def unflatten_tokens(x: Tensor, B: int) -> Tensor:
-    return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
+    return equal_split_attend(q, k, v, layout.num_areas)
 
 
 def _padded(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    B, Hh, N, D = q.shape
     index, key_valid, segments = layout._padded_index
-    width = layout.max_area
-
-    def pack(x: Tensor) -> Tensor:
-        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, flatten_tokens(x))
-        return flat.view(segments, width, Hh, D).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=key_valid)
-    out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, index)
-    return unflatten_tokens(out, B)
+    return padded_attend(q, k, v, index, key_valid, segments, layout.max_area)
 
 
 def _varlen(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    cu, width = layout._cu_seqlens, layout.max_area
-    out = _varlen_attn()(flatten_tokens(q), flatten_tokens(k), flatten_tokens(v), cu, cu, width, width)
-    return unflatten_tokens(out, q.shape[0])
+    return varlen_attend(q, k, v, layout._cu_seqlens, layout.max_area)
 
 
 def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    def flat(x: Tensor) -> Tensor:
-        return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
-
-    out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=layout._flex_block_mask)
-    return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+    return flex_attend(q, k, v, layout._flex_block_mask)
 
 
 _BACKEND_FNS = {"dense": _dense, "equal": _equal, "padded": _padded, "varlen": _varlen, "flex": _flex}
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, layout=None) -> Tensor:
-    """The one attention interface: global SDPA without a layout, the layout's local attention
-    (area, neighborhood, ...: any object with ``attend(q, k, v)``) with one."""
-    if layout is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    return layout.attend(q, k, v)
 
 
 def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:

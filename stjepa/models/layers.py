@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .area import AreaLayout, attend
+from .area import AreaLayout
+from .attention_backends import attend
 from .arguments import ArgumentError
 from .rope import RopeTables, apply_rope
 

@@ -19,10 +19,10 @@ from functools import cached_property
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import create_block_mask, flex_attend, masked_attend
 from ..grid import Grid, grid_positions
 
 AXES = ("t", "h", "w")
@@ -75,8 +75,6 @@ class WindowLayout:
 
     @cached_property
     def block_mask(self):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         B, N = self.cells[0].shape
         flat = [c.reshape(-1) for c in self.cells]
         sample = torch.arange(B, device=flat[0].device).repeat_interleave(N)
@@ -90,14 +88,8 @@ class WindowLayout:
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.backend == "dense":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense_mask)
-        from ..area import flatten_tokens, flex_attention_for, unflatten_tokens
-
-        def flat(x: Tensor) -> Tensor:
-            return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
-
-        out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=self.block_mask)
-        return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+            return masked_attend(q, k, v, self.dense_mask)
+        return flex_attend(q, k, v, self.block_mask)
 
 
 def window_pairs(ids: Tensor, grid: Grid, cell: Sequence[int], window: Sequence[int], dilation: Sequence[int]) -> int:

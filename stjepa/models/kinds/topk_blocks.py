@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import attend_key_blocks, create_block_mask, flex_attend, masked_attend
 from ..grid import Grid
-from .blocks import attend_key_blocks
 from .sliding_tile import check_tiles, tile_sizes, tile_sorted
 
 
@@ -83,14 +83,10 @@ def _gather(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 def _dense(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     block_of = torch.arange(q.shape[2], device=q.device) // layout.block_size
     seen = layout.block_mask(q, k)[:, :, block_of][:, :, :, block_of]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+    return masked_attend(q, k, v, seen)
 
 
 def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    from ..area import flex_attention_for
-
     seen, size = layout.block_mask(q, k), layout.block_size
 
     def selected(b, head, q_idx, kv_idx):
@@ -98,7 +94,7 @@ def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     B, heads, N, _ = q.shape
     mask = create_block_mask(selected, B, heads, N, N, device=q.device)
-    return flex_attention_for(q.device)(q, k, v, block_mask=mask)
+    return flex_attend(q, k, v, mask, flatten=False)
 
 
 _BACKEND_FNS = {"gather": _gather, "dense": _dense, "flex": _flex}
