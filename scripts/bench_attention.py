@@ -22,7 +22,7 @@ import csv
 import torch
 
 from stjepa.models import AttentionConfig
-from stjepa.models.area import area_index
+from stjepa.models.kinds.area import area_index
 from stjepa.models.attention_backends import attend
 from stjepa.models.grid import grid_positions
 from stjepa.models.kinds import DENSE_MAX_TOKENS

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
 from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
-from .models.area import AreaKind
+from .models.kinds.area import AreaKind
 from .models.attention_config import KINDS
 
 T = TypeVar("T")

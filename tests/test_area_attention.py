@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stjepa.models import AreaLayout, AttentionConfig, vit
-from stjepa.models.area import area_index
+from stjepa.models.kinds.area import area_index
 
 F64 = torch.float64  # tight tolerances against the reference
 

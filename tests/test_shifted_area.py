@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from stjepa.models import AreaSplits, AttentionConfig, vit
-from stjepa.models.area import AreaKind, shifted_area_index
+from stjepa.models.kinds.area import AreaKind, shifted_area_index
 from stjepa.models.grid import gather_tokens, grid_positions
 from stjepa.models.rope import RopeTables
 from test_area_attention import reference_area_attention

@@ -1,5 +1,5 @@
 """Pure PyTorch model code: importable with torch and the standard library alone."""
-from .area import BACKENDS, AreaLayout, AreaSplits, area_index
+from .kinds.area import BACKENDS, AreaLayout, AreaSplits, area_index
 from .attention_backends import attend
 from .arguments import ArgumentError
 from .attention_config import AttentionConfig

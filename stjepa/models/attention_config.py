@@ -5,13 +5,13 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Mapping, Sequence
 
-from .area import AreaKind, AreaSplits
+from .kinds.area import AreaKind, AreaSplits
 from .arguments import ArgumentError, one_of, positive_int
 from .kinds import find_kinds
 
 REORDERS = ("once", "per_layer")
 DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: area layers [0, 18) of a 24-layer ViT-L, the rest global
-KINDS = {"area": AreaKind, **find_kinds()}
+KINDS = find_kinds()
 AREA_SETTINGS = ("temporal_splits", "height_splits", "width_splits", "spatial_splits", "reorder", "shift")
 
 

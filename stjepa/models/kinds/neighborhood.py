@@ -24,6 +24,7 @@ from torch import Tensor
 from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import create_block_mask, flex_attend, masked_attend
 from ..grid import Grid, grid_positions
+from . import register_kind
 
 AXES = ("t", "h", "w")
 
@@ -117,6 +118,7 @@ def odd_window(value: Sequence[int] | None, name: str) -> tuple[int, int, int]:
     return sizes
 
 
+@register_kind
 class NeighborhoodKind:
     name = "neighborhood"
     BACKENDS = ("auto", "dense", "flex")
@@ -158,6 +160,3 @@ class NeighborhoodKind:
         order = ids.argsort(dim=1)
         return order, (WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
                                     backend),)
-
-
-KIND = NeighborhoodKind

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import attend_key_blocks
 from ..grid import Grid
-from . import DENSE_MAX_TOKENS
+from . import DENSE_MAX_TOKENS, register_kind
 from .neighborhood import (AXES, WindowLayout, axis_window_start, cells_of, odd_window, window_mask,
                            window_pairs)
 
@@ -121,6 +121,7 @@ class TileWindowLayout(WindowLayout):
         return out.reshape(B, heads, -1, D).gather(2, index)
 
 
+@register_kind
 class SlidingTileKind:
     name = "sliding_tile"
     BACKENDS = ("auto", "dense", "flex", "gather")
@@ -154,6 +155,3 @@ class SlidingTileKind:
         one_of(backend, "backend", self.BACKENDS)
         order, sorted_tiles = tile_sorted(ids, grid, self.tile)
         return order, (TileWindowLayout(sorted_tiles, self.tile, grid, self.tile_window, backend),)
-
-
-KIND = SlidingTileKind

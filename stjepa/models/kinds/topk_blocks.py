@@ -29,6 +29,7 @@ from torch import Tensor
 from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import attend_key_blocks, create_block_mask, flex_attend, masked_attend
 from ..grid import Grid
+from . import register_kind
 from .sliding_tile import check_tiles, tile_sizes, tile_sorted
 
 
@@ -100,6 +101,7 @@ def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 _BACKEND_FNS = {"gather": _gather, "dense": _dense, "flex": _flex}
 
 
+@register_kind
 class TopkBlocksKind:
     name = "topk_blocks"
     BACKENDS = ("auto", *_BACKEND_FNS)
@@ -134,6 +136,3 @@ class TopkBlocksKind:
         one_of(backend, "backend", self.BACKENDS)
         order, _ = tile_sorted(ids, grid, self.block)
         return order, (TopkBlockLayout(ids.shape[1], self.block_size, self.top_k, backend),)
-
-
-KIND = TopkBlocksKind

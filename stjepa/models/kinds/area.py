@@ -1,4 +1,4 @@
-"""Spatiotemporal area attention (ST-A²): area ids, the per-forward token layout, and backends.
+"""Spatiotemporal area attention (ST-A²): area ids, the per-forward token layout, the kind.
 
 Tokens are split into areas by their (t, h, w) grid position: along an axis of length L cut
 into S splits, a token at position p is in slice ``floor(p * S / L)``. A token attends only to
@@ -6,7 +6,8 @@ tokens of its own area in the same sample.
 
 The encoder sorts its visible tokens by area once per forward (positions travel with the
 tokens, so RoPE attention is unaffected) and builds one :class:`AreaLayout`; every area layer
-then runs on contiguous areas. Backends compute the same function:
+then runs on contiguous areas. Backends (from :mod:`~stjepa.models.attention_backends`)
+compute the same function:
 
 ``dense``   boolean same-area mask over all tokens, SDPA (the reference; O(N^2) memory)
 ``padded``  each non-empty area padded to the largest, SDPA with a key padding mask
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arguments import ArgumentError, positive_int
-from .attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
+from ..arguments import ArgumentError, positive_int
+from ..attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
                                  varlen_attend, varlen_attn)
-from .grid import Grid, grid_positions
+from ..grid import Grid, grid_positions
+from . import register_kind
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
 
@@ -230,6 +232,7 @@ def shifted_area_index(t: Tensor, h: Tensor, w: Tensor, grid: Grid, splits: Area
     return (coords[0] * sizes[1] + coords[1]) * sizes[2] + coords[2], sizes[0] * sizes[1] * sizes[2]
 
 
+@register_kind
 class AreaKind:
     """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`). With
     ``shift``, every other area layer uses the areas of :func:`shifted_area_index`, so
