@@ -45,7 +45,7 @@ import torch
 
 from stjepa.models import AttentionConfig
 from stjepa.models.flops import Flops, train_step_flops
-from stjepa.models.stack import prepare_layouts
+from stjepa.models.stack import prepare_layers
 from stjepa.optim import adamw
 from stjepa.pretrain_module import JEPAPretrainModule
 from stjepa.utils.bench import (LAYOUTS, SIZES, add_model_args, add_run_args, add_size_args, attention_settings,
@@ -142,9 +142,8 @@ def find_max_batch(fits_fn, start: int, cap: int) -> int | None:
 def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
     """The backend of the local layers in each mask set's forward ('auto' resolves per forward),
     or 'sdpa' when no layer is local."""
-    names = [layout.backend for m in masks
-             for _, layouts in prepare_layouts(m, encoder.default_grid, encoder.layer_attention).values()
-             for layout in layouts]
+    names = [layer.layout.backend for m in masks
+             for layer in prepare_layers(m, encoder.default_grid, encoder.layer_attention) if layer is not None]
     return "/".join(dict.fromkeys(names)) or "sdpa"
 
 
