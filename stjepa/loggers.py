@@ -28,7 +28,7 @@ def sweep_group(cfg: DictConfig) -> str | None:
 def layout_tags(cfg: DictConfig) -> list[str]:
     enc, pred = split_attention(OmegaConf.to_container(cfg.attention, resolve=True))
     tags = [f"attn:{AttentionConfig.create(enc).tag}", f"model:{cfg.model.size}"]
-    if AttentionConfig.create(pred).is_local:
+    if AttentionConfig.create(pred).has_local_layers:
         tags.append(f"pred-attn:{AttentionConfig.create(pred).tag}")
     return tags
 
@@ -38,8 +38,7 @@ def attention_kind(attention: dict | None) -> str:
     'area+neighborhood' (markers and groups of a sweep's verdict)."""
     encoder, _ = split_attention(attention)
     layout = AttentionConfig.create(encoder)
-    kinds = [("shifted area" if part.kind == "area" and part.shift else part.kind.replace("_", " "))
-             for part in layout.parts if part.own_local]
+    kinds = [entry.built_kind.label for entry in layout.entries if entry.restricts_own_layers]
     return "+".join(kinds) or "full"
 
 

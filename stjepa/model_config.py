@@ -9,19 +9,14 @@ into a :class:`~stjepa.errors.ConfigError` naming the key the user set, e.g.
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
 from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
-from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
-from .models.kinds.area import AreaKind
-from .models.attention_config import KINDS
+from .models import ArgumentError, VisionTransformer, VisionTransformerPredictor, vit
+from .models.attention_config import attention_keys
 
 T = TypeVar("T")
 
-# the attention group's keys: AttentionConfig's fields and the settings of every kind of local attention
-ATTENTION_FIELDS = frozenset(f.name for f in fields(AttentionConfig)) | frozenset(
-    name for kind in KINDS.values() if kind is not AreaKind for name in inspect.signature(kind).parameters)
 ENCODER_ARGS = frozenset(inspect.signature(VisionTransformer).parameters) | {"size"}
 # model-group key -> predictor argument (the predictor's own width and depth carry a pred_ prefix)
 PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim", "pred_num_heads": "num_heads",
@@ -40,7 +35,7 @@ def split_attention(attention: Mapping[str, Any] | None) -> tuple[dict, dict]:
 
 def config_key(arg: str, part: str) -> str:
     """The config key behind constructor argument ``arg`` of ``part`` ('encoder' or 'predictor')."""
-    if arg.split(".")[0] in ATTENTION_FIELDS:  # 'stages.1.window': a setting of the second stage
+    if arg.split(".")[0] in attention_keys():  # 'stages.1.window': a setting of the second stage
         return f"attention.{arg}" if part == "encoder" else f"attention.predictor.{arg}"
     if part == "predictor":
         return "model." + {v: k for k, v in PREDICTOR_KEYS.items()}.get(arg, arg)

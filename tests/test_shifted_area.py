@@ -51,7 +51,7 @@ def hand_areas(ids, grid, splits, shifted):
 @pytest.mark.parametrize("reorder", ["once", "per_layer"])
 def test_both_layouts_match_the_reference_on_sparse_tokens(backend, reorder):
     grid, splits = (4, 6, 8), (2, 2, 2)
-    kind = AreaKind(AreaSplits(*splits), reorder, shift=True)
+    kind = AreaKind(*splits, reorder=reorder, shift=True)
     ids = sparse_ids(grid, 3, 70, seed=7)
     order, layouts = kind.prepare(ids, grid, backend)
     assert len(layouts) == 2

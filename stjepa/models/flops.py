@@ -51,7 +51,7 @@ def layer_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransf
     (each entry's layers take its layouts' counts in turn, as the forward takes its layouts)."""
     full = ids.shape[0] * ids.shape[1] ** 2
     ids = ids.cpu()
-    pairs = in_turn(model.layer_attention, lambda entry: entry.local_kind.pairs(ids, grid))
+    pairs = in_turn(model.layer_entries, lambda entry: entry.built_kind.pairs(ids, grid))
     return [full if p is None else p for p in pairs]
 
 

@@ -31,11 +31,11 @@ class AttentionLayoutMixin:
 
     def set_attention(self, attention: "AttentionConfig | dict | None") -> None:
         """Choose the attention layout (validated against depth and grid); parameters are unaffected.
-        ``layer_attention`` holds, per layer, the entry whose local attention it uses (None: global)."""
+        ``layer_entries`` holds, per layer, the entry whose local attention it uses (None: global)."""
         config = AttentionConfig.create(attention)
         layers = config.layers(self.depth)
         config.validate(self.depth, self.default_grid)
-        self.attention, self.layer_attention = config, layers
+        self.attention, self.layer_entries = config, layers
         self.attention_pattern = tuple(part is not None for part in layers)
 
 
@@ -48,7 +48,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 T = TypeVar("T")
 
 
-def in_turn(layer_attention: Sequence[AttentionConfig | None],
+def in_turn(layer_entries: Sequence[AttentionConfig | None],
             per_entry: Callable[[AttentionConfig], Sequence[T]]) -> list[T | None]:
     """For each layer, None where it is global, else the next of its entry's values in turn:
     ``per_entry`` is computed once per entry (this config or a stage), and that entry's layers
@@ -56,7 +56,7 @@ def in_turn(layer_attention: Sequence[AttentionConfig | None],
     turn cycle of both the forward (layouts) and the FLOP counter (query-key pairs)."""
     cycles: list[list] = []  # [entry, its values, the next turn]
     out: list[T | None] = []
-    for entry in layer_attention:
+    for entry in layer_entries:
         if entry is None:
             out.append(None)
             continue
@@ -79,16 +79,16 @@ class LayerLayout:
     layout: LocalLayout
 
 
-def prepare_layers(ids: Tensor, grid: Grid, layer_attention: Sequence[AttentionConfig | None]) -> list[LayerLayout | None]:
+def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionConfig | None]) -> list[LayerLayout | None]:
     """What :func:`run_blocks` does once per forward before the blocks: for every layer, None
     (global) or its :class:`LayerLayout` for tokens at ``ids`` (B, N); each entry's kind
     prepares once."""
 
     def prepare(entry: AttentionConfig) -> list[LayerLayout]:
-        order, layouts = entry.local_kind.prepare(ids, grid, entry.backend)
+        order, layouts = entry.built_kind.prepare(ids, grid, entry.backend)
         return [LayerLayout(order, layout) for layout in layouts]
 
-    return in_turn(layer_attention, prepare)
+    return in_turn(layer_entries, prepare)
 
 
 def run_blocks(
@@ -96,7 +96,7 @@ def run_blocks(
     x: Tensor,
     ids: Tensor,
     grid: Grid,
-    layer_attention: Sequence[AttentionConfig | None],
+    layer_entries: Sequence[AttentionConfig | None],
     head_dim: int,
     sort_by_position: bool = False,
     activation_checkpointing: bool = False,
@@ -106,13 +106,13 @@ def run_blocks(
     """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N); with
     ``taps`` (block indices), the outputs of those blocks instead of the last one's.
 
-    Layers with an entry in ``layer_attention`` use that entry's local attention (area,
+    Layers with an entry in ``layer_entries`` use that entry's local attention (area,
     neighborhood, ...), the others are global. Each kind may want its own token order (area
     attention sorts by area, then grid position): tokens are put in the first local kind's
     order before the first block and reordered where the kind changes; positions (and RoPE
     tables) travel with them. The output is in the caller's order either way.
     """
-    layers = prepare_layers(ids, grid, layer_attention)
+    layers = prepare_layers(ids, grid, layer_entries)
     first = next((layer.order for layer in layers if layer is not None), None)
     order = ids.argsort(dim=1) if all(layer is None for layer in layers) and sort_by_position else first
     x, rope = _reordered(x, ids, grid, head_dim, rope_style, None, order)

@@ -5,11 +5,15 @@ The rule: a kind is one module of this package that registers its class with
 kind is that module plus a preset in conf/attention/, with no edit anywhere else. Every kind
 computes attention through the shared backends of :mod:`stjepa.models.attention_backends`.
 
-A kind (:class:`LocalKind`) is built from its settings (keyword arguments named as the config
-keys) and has
+A kind (:class:`LocalKind`) is built from its settings: its constructor's keyword arguments,
+named as the config keys (``attention.window``, ``attention.spatial_splits``; see
+:func:`kind_settings`), and has
 
-- ``name``: the value of ``attention.kind``; ``BACKENDS``: what ``backend`` may be;
-- ``validate(grid)``: refuse settings that do not fit the (T', H', W') token grid, raising
+- ``name``: the value of ``attention.kind``; ``label``: the kind in words (for sweep
+  groups); ``BACKENDS``: what ``backend`` may be; ``is_global``: whether these settings make
+  it the same function as global attention (one area), so its layers run global;
+- ``validate_settings(grid)``: refuse settings that do not fit the configured (T', H', W')
+  token grid, and ``validate(grid)`` any input's grid (the same check for most kinds), raising
   :class:`~stjepa.models.arguments.ArgumentError` in the kind's own argument names;
 - ``prepare(ids, grid, backend)``: once per forward, from the flat grid positions ``ids``
   (B, N) of the tokens present, ``(order, layouts)``: the token order the layers run in (None:
@@ -25,6 +29,7 @@ keys) and has
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -54,7 +59,15 @@ class LocalKind(Protocol):
     BACKENDS: Sequence[str]
 
     @property
+    def label(self) -> str: ...
+
+    @property
+    def is_global(self) -> bool: ...
+
+    @property
     def tag(self) -> str: ...
+
+    def validate_settings(self, grid: Grid) -> None: ...
 
     def validate(self, grid: Grid) -> None: ...
 
@@ -82,3 +95,8 @@ def find_kinds() -> dict[str, type]:
         for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
             importlib.import_module(f"{__name__}.{info.name}")
     return dict(sorted(_REGISTRY.items()))
+
+
+def kind_settings(kind: type) -> dict[str, object]:
+    """The settings a kind takes (its constructor's keyword arguments) and their defaults."""
+    return {name: p.default for name, p in inspect.signature(kind).parameters.items()}

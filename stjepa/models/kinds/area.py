@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..arguments import ArgumentError, positive_int
+from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
                                  varlen_attend, varlen_attn)
 from ..grid import Grid, grid_positions
 from . import register_kind
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
+REORDERS = ("once", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -234,20 +235,58 @@ def shifted_area_index(t: Tensor, h: Tensor, w: Tensor, grid: Grid, splits: Area
 
 @register_kind
 class AreaKind:
-    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`). With
-    ``shift``, every other area layer uses the areas of :func:`shifted_area_index`, so
-    information crosses area borders without a global layer; those layers sort by their own
-    areas inside attention (the ``reorder`` mechanism) and restore the order after."""
+    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`).
+
+    Settings: ``temporal_splits``, ``height_splits``, ``width_splits`` (None: 1);
+    ``spatial_splits`` is shorthand for height and width, and giving it together with a
+    different height or width split is refused rather than letting one silently win. With one
+    area (every split 1) the kind is global attention. ``shift`` makes every other area layer
+    use the areas of :func:`shifted_area_index`, so information crosses area borders without a
+    global layer; those layers sort by their own areas inside attention (the ``reorder``
+    mechanism) and restore the order after. ``reorder='once'`` sorts tokens by area once per
+    forward; ``'per_layer'`` sorts inside every area layer as the published ST-A² code did.
+    """
 
     name = "area"
     BACKENDS = BACKENDS
 
-    def __init__(self, splits: AreaSplits, reorder: str = "once", shift: bool = False):
-        self.splits, self.reorder, self.shift = splits, reorder, bool(shift)
+    def __init__(self, temporal_splits: int = 1, height_splits: int | None = None, width_splits: int | None = None,
+                 spatial_splits: int | None = None, reorder: str = "once", shift: bool = False):
+        one_of(reorder, "reorder", REORDERS)
+        if spatial_splits is not None:
+            positive_int(spatial_splits, "spatial_splits")
+            for name, value in (("height_splits", height_splits), ("width_splits", width_splits)):
+                if value is not None and value != spatial_splits:
+                    raise ArgumentError(f"{{spatial_splits}} and {{{name}}} both set the {name.split('_')[0]} "
+                                        f"splits; give one of them.", spatial_splits=spatial_splits, **{name: value})
+            height_splits = width_splits = spatial_splits
+        self.spatial_splits = spatial_splits
+        self.splits = AreaSplits(temporal_splits, 1 if height_splits is None else height_splits,
+                                 1 if width_splits is None else width_splits)
+        self.splits.validate()
+        self.reorder, self.shift = reorder, bool(shift)
+
+    @property
+    def is_global(self) -> bool:
+        """One area is the same function as full attention."""
+        return self.splits.num_areas == 1
 
     @property
     def tag(self) -> str:
         return f"area-{self.splits.tag}" + ("-shift" if self.shift else "")
+
+    @property
+    def label(self) -> str:
+        return "shifted area" if self.shift else "area"
+
+    def validate_settings(self, grid: Grid) -> None:
+        """:meth:`validate` for the configured grid, naming ``spatial_splits`` where it was given."""
+        spatial = self.spatial_splits
+        if spatial is not None and spatial > min(grid[1:]):
+            raise ArgumentError(f"{{spatial_splits}} is more splits than the {min(grid[1:])} grid cells of the "
+                                f"shorter spatial axis; allowed values are 1..{min(grid[1:])}.",
+                                spatial_splits=spatial)
+        self.validate(grid)
 
     def validate(self, grid: Grid) -> None:
         self.splits.validate(grid)

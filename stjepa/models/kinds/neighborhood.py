@@ -122,6 +122,8 @@ def odd_window(value: Sequence[int] | None, name: str) -> tuple[int, int, int]:
 class NeighborhoodKind:
     name = "neighborhood"
     BACKENDS = ("auto", "dense", "flex")
+    label = "neighborhood"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, window: Sequence[int], dilation: Sequence[int] | None = None):
         self.window = odd_window(window, "window")
@@ -147,6 +149,8 @@ class NeighborhoodKind:
                     f"{{window}} with {{dilation}} does not fit the {length} cells of the {axis} axis; a window of "
                     f"k cells every d needs k <= {length} // d.", window=list(self.window),
                     dilation=list(self.dilation))
+
+    validate_settings = validate  # the configured grid is checked as any input grid
 
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
         return (window_mask(grid_positions(ids, grid), grid, self.window, self.dilation),)

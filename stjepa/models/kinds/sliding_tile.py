@@ -125,6 +125,8 @@ class TileWindowLayout(WindowLayout):
 class SlidingTileKind:
     name = "sliding_tile"
     BACKENDS = ("auto", "dense", "flex", "gather")
+    label = "sliding tile"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, tile: Sequence[int], tile_window: Sequence[int]):
         self.tile = tile_sizes(tile, "tile")
@@ -141,6 +143,8 @@ class SlidingTileKind:
                 raise ArgumentError(f"{{tile_window}} does not fit the {count} tiles of the {axis} axis; "
                                     f"allowed window sizes there are odd and at most {count}.",
                                     tile_window=list(self.tile_window))
+
+    validate_settings = validate  # the configured grid is checked as any input grid
 
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
         cells, tiles = cells_of(ids, grid, self.tile)

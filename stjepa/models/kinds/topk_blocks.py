@@ -105,6 +105,8 @@ _BACKEND_FNS = {"gather": _gather, "dense": _dense, "flex": _flex}
 class TopkBlocksKind:
     name = "topk_blocks"
     BACKENDS = ("auto", *_BACKEND_FNS)
+    label = "topk blocks"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, block: Sequence[int], top_k: int):
         self.block = tile_sizes(block, "block")
@@ -124,6 +126,8 @@ class TopkBlocksKind:
         if self.top_k >= blocks:
             raise ArgumentError(f"{{top_k}} is not fewer than the {blocks} blocks of the grid; allowed values are "
                                 f"1..{blocks - 1} (each block also sees itself).", top_k=self.top_k)
+
+    validate_settings = validate  # the configured grid is checked as any input grid
 
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
         """Query-key pairs computed per head over the batch, counting every chosen block as full
