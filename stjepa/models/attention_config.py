@@ -60,7 +60,8 @@ class AttentionConfig:
         kind = one_of(kwargs.get("kind", DEFAULT_KIND), "kind", find_kinds())
         settings = {k: kwargs.pop(k) for k in sorted(set(kwargs) - set(own))}
         settings = {k: v for k, v in settings.items() if v is not None}
-        unknown = [k for k in settings if k not in attention_keys()]
+        known_keys = attention_keys()
+        unknown = [k for k in settings if k not in known_keys]
         if unknown:
             name, known = unknown[0], own + list(kind_settings(find_kinds()[kind]))
             raise ArgumentError(f"{{{name}}} is not {_article(kind)} {kind} attention setting; known settings are "
@@ -125,19 +126,19 @@ class AttentionConfig:
         """Short name of the layout, e.g. 'full', 'area-t2h2w2-L0:18' or, with stages,
         'area-t1h2w2-L0:12+nbhd3x7x7-L12:18' (for run names and tags)."""
         tags = []
-        for part in self.entries:
-            if part.restricts_own_layers:
-                layers = f"L{','.join(map(str, part.area_layers))}" if part.area_layers is not None else (
-                    f"L{part.area_start}:{'auto' if part.area_end is None else part.area_end}")
-                tags.append(f"{part.built_kind.tag}-{layers}")
+        for entry in self.entries:
+            if entry.restricts_own_layers:
+                layers = f"L{','.join(map(str, entry.area_layers))}" if entry.area_layers is not None else (
+                    f"L{entry.area_start}:{'auto' if entry.area_end is None else entry.area_end}")
+                tags.append(f"{entry.built_kind.tag}-{layers}")
         return "+".join(tags) or "full"
 
     def validate_grid(self, grid: tuple[int, int, int]) -> None:
         """Refuse an input grid the local attention does not fit (checked at every forward)."""
-        for i, part in enumerate(self.entries):
-            if part.restricts_own_layers:
+        for i, entry in enumerate(self.entries):
+            if entry.restricts_own_layers:
                 try:
-                    part.built_kind.validate(grid)
+                    entry.built_kind.validate(grid)
                 except ArgumentError as exc:
                     raise exc.within(f"stages.{i - 1}." if i else "") from None
 
@@ -146,16 +147,16 @@ class AttentionConfig:
         for global layers."""
         self.validate(depth)
         out: list[AttentionConfig | None] = [None] * depth
-        for part in self.entries:
-            for layer in part._own_layers(depth):
+        for entry in self.entries:
+            for layer in entry._own_layers(depth):
                 if out[layer] is not None:
                     both = " and ".join(f"{p.built_kind.tag} (layers {', '.join(map(str, p._own_layers(depth)))})"
-                                        for p in (out[layer], part))
+                                        for p in (out[layer], entry))
                     raise ArgumentError(f"{{stages}} put layer {layer} in two layer ranges, {both}; give each "
                                         f"layer at most one kind (ranges may not overlap).",
                                         stages=[dict(kind=p.kind, area_start=p.area_start, area_end=p.area_end)
                                                 for p in self.stages])
-                out[layer] = part
+                out[layer] = entry
         return tuple(out)
 
     def local_layer_flags(self, depth: int) -> tuple[bool, ...]:

@@ -1,8 +1,8 @@
 """A stack of transformer blocks over tokens that carry (t, h, w) grid positions.
 
-Shared by the encoder and the predictor: the stack's attention layout (which layers are area
-layers), and running the blocks, where positions, the area sort and the RoPE tables are
-computed once per forward and handed to every layer.
+Shared by the encoder and the predictor: the stack's attention layout (which layers use which
+kind of local attention), and running the blocks, where positions, each kind's token order and
+layouts, and the RoPE tables are computed once per forward and handed to every layer.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class AttentionLayoutMixin:
         layers = config.layers(self.depth)
         config.validate(self.depth, self.default_grid)
         self.attention, self.layer_entries = config, layers
-        self.attention_pattern = tuple(part is not None for part in layers)
+        self.attention_pattern = tuple(entry is not None for entry in layers)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
