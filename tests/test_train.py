@@ -14,7 +14,7 @@ ATTENTION_PRESETS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*
 
 @pytest.mark.parametrize("attention", ATTENTION_PRESETS)
 def test_train_few_steps_writes_checkpoints(tmp_path, attention):
-    """Every preset in conf/attention that fits the CPU default's grid trains (the others are
+    """Every preset in conf/attention that fits the CPU default's depth and grid trains (the others are
     refused with one sentence, see BAD_CONFIGS)."""
     from stjepa.config import ConfigError, check_train_config
 
@@ -22,7 +22,7 @@ def test_train_few_steps_writes_checkpoints(tmp_path, attention):
     try:
         check_train_config(cfg)
     except ConfigError as exc:
-        pytest.skip(f"needs a larger grid than the CPU default: {exc}")
+        pytest.skip(f"does not fit the CPU default's depth and grid: {exc}")
     metrics = run_train(tmp_path, f"attention={attention}")
     assert metrics["global_step"] == 4
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
