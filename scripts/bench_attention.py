@@ -22,12 +22,13 @@ import csv
 import torch
 
 from stjepa.models import AttentionConfig
-from stjepa.models.area import area_index, attend
+from stjepa.models.kinds.area import AreaKind, area_index
+from stjepa.models.attention_backends import attend
 from stjepa.models.grid import grid_positions
 from stjepa.models.kinds import DENSE_MAX_TOKENS
 from stjepa.models.layers import Block
 from stjepa.models.rope import RopeTables
-from stjepa.utils.bench import free_memory, write_csv
+from stjepa.utils.bench import free_memory, preset_layouts, write_csv
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
 GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
@@ -37,22 +38,18 @@ GRIDS = {  # name: (token grid, visible fraction); tubelet 2, patch 16
     "384px/64f": ((32, 24, 24), 0.25),
     "384px/64f-full": ((32, 24, 24), 1.0),
 }
-# name: attention settings (as in conf/attention/*.yaml); None is global attention
-LAYOUTS = {
-    "full": None,
-    "2x2": dict(height_splits=2, width_splits=2),
-    "2x2x2": dict(temporal_splits=2, height_splits=2, width_splits=2),
-    "4x2x2": dict(temporal_splits=4, height_splits=2, width_splits=2),
-    "nbhd3x5x5": dict(kind="neighborhood", window=[3, 5, 5]),
-    "nbhd3x7x7": dict(kind="neighborhood", window=[3, 7, 7]),
-    "sta2x4x4": dict(kind="sliding_tile", tile=[2, 4, 4], tile_window=[3, 3, 3]),
-    "topk2x4x4": dict(kind="topk_blocks", block=[2, 4, 4], top_k=7),
-}
+# every single-kind preset of conf/attention (stages mix kinds), by the benchmarks' names, and
+# variants without a preset file
+LAYOUTS = {name: settings for name, settings in preset_layouts({
+    "4x2x2": ("2x2x2", {"temporal_splits": 4}), "nbhd3x5x5": ("nbhd3x7x7", {"window": [3, 5, 5]})}).items()
+    if not settings["stages"]}
 HEADS, HEAD_DIM = 16, 64
 
 
 def layout_config(name: str, backend: str = "auto") -> AttentionConfig | None:
-    return None if LAYOUTS[name] is None else AttentionConfig.create({**LAYOUTS[name], "backend": backend})
+    """The layout's config, None for global attention ('full')."""
+    config = AttentionConfig.create({**LAYOUTS[name], "backend": backend})
+    return config if config.has_local_layers else None
 
 
 def visible_ids(grid, fraction, batch, config, mode, seed=0):
@@ -62,9 +59,9 @@ def visible_ids(grid, fraction, batch, config, mode, seed=0):
     keep = int(numel * fraction)
     if fraction >= 1.0:
         return torch.arange(numel).expand(batch, numel).clone()
-    if mode == "random" or config is None or config.kind != "area":
+    if mode == "random" or config is None or not isinstance(config.built_kind, AreaKind):
         return torch.stack([torch.randperm(numel, generator=g)[:keep].sort().values for _ in range(batch)])
-    splits = config.splits
+    splits = config.built_kind.splits
     area = area_index(*grid_positions(torch.arange(numel), grid), grid, splits)
     per_area = keep // splits.num_areas
     rows = []
@@ -79,7 +76,7 @@ def build_layout(ids, grid, config):
     local layer's layout and the grid positions of the ordered tokens."""
     if config is None:
         return None, grid_positions(ids, grid)
-    order, layouts = config.local_kind.prepare(ids, grid, config.backend)
+    order, layouts = config.built_kind.prepare(ids, grid, config.backend)
     return layouts[0], grid_positions(ids if order is None else ids.gather(1, order), grid)
 
 
@@ -91,7 +88,7 @@ def backends_for(device, config, mask_mode, which="all"):
     if which == "auto":
         return ["auto"]
     names = []
-    for name in config.local_kind.BACKENDS:
+    for name in config.built_kind.BACKENDS:
         if name in ("varlen", "flex") and device.type != "cuda":
             continue
         if name == "equal" and mask_mode != "balanced":
@@ -113,7 +110,7 @@ def run(args):
             full_time: dict[str, float] = {}
             for layout_name in args.layouts:
                 config = layout_config(layout_name)
-                if mask_mode == "balanced" and config is not None and config.kind != "area":
+                if mask_mode == "balanced" and config is not None and not isinstance(config.built_kind, AreaKind):
                     continue  # balanced is about areas
                 ids = visible_ids(grid, fraction, args.batch, config, mask_mode).to(device)
                 N = ids.shape[1]

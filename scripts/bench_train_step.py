@@ -45,12 +45,12 @@ import torch
 
 from stjepa.models import AttentionConfig
 from stjepa.models.flops import Flops, train_step_flops
-from stjepa.models.stack import prepare_layouts
+from stjepa.models.stack import prepare_layers
 from stjepa.optim import adamw
 from stjepa.pretrain_module import JEPAPretrainModule
 from stjepa.utils.bench import (LAYOUTS, SIZES, add_model_args, add_run_args, add_size_args, attention_settings,
                                 autocast, build_pretrain_module, draw_masks, free_memory, model_from_args, pyplot,
-                                size_args, sizes_from_args, write_csv)
+                                size_args, sizes_from_args, splits_tag, write_csv)
 from stjepa.utils.layer_profile import plot_layers, profile_layers
 from stjepa.utils.timing import describe_device, git_commit, time_ms
 
@@ -142,9 +142,8 @@ def find_max_batch(fits_fn, start: int, cap: int) -> int | None:
 def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
     """The backend of the local layers in each mask set's forward ('auto' resolves per forward),
     or 'sdpa' when no layer is local."""
-    names = [layout.backend for m in masks
-             for _, layouts in prepare_layouts(m, encoder.default_grid, encoder.layer_attention).values()
-             for layout in layouts]
+    names = [layer.layout.backend for m in masks
+             for layer in prepare_layers(m, encoder.default_grid, encoder.layer_entries) if layer is not None]
     return "/".join(dict.fromkeys(names)) or "sdpa"
 
 
@@ -200,7 +199,7 @@ def run(args) -> list[dict]:
                 "device": describe_device(device), "dtype": "bfloat16" if cuda else "float32", "commit": commit,
                 "model": model["size"], "version": model["version"], "predictor": f"{model['pred_depth']}x{model['pred_embed_dim']}",
                 "size": size, "crop": crop, "frames": frames, "batch": batch, "layout": layout,
-                "splits": AttentionConfig.create(LAYOUTS[layout]).splits.tag, "predictor_area": int(args.predictor_area),
+                "splits": splits_tag(AttentionConfig.create(LAYOUTS[layout])), "predictor_area": int(args.predictor_area),
                 "activation_checkpointing": int(args.activation_checkpointing), "compile": str(args.compile).lower(),
                 "status": "ok" if measured else "oom",
             }

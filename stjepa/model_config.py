@@ -9,19 +9,15 @@ into a :class:`~stjepa.errors.ConfigError` naming the key the user set, e.g.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
 from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
-from .models.area import AreaKind
-from .models.attention_config import KINDS
+from .models.attention_config import attention_keys
 
 T = TypeVar("T")
 
-# the attention group's keys: AttentionConfig's fields and the settings of every kind of local attention
-ATTENTION_FIELDS = frozenset(f.name for f in fields(AttentionConfig)) | frozenset(
-    name for kind in KINDS.values() if kind is not AreaKind for name in inspect.signature(kind).parameters)
 ENCODER_ARGS = frozenset(inspect.signature(VisionTransformer).parameters) | {"size"}
 # model-group key -> predictor argument (the predictor's own width and depth carry a pred_ prefix)
 PREDICTOR_KEYS = {"pred_depth": "depth", "pred_embed_dim": "predictor_embed_dim", "pred_num_heads": "num_heads",
@@ -81,21 +77,20 @@ class RunAttention:
     def kind(self) -> str:
         """The encoder's kinds of local attention in words: 'full', 'area', 'shifted area',
         'area+neighborhood' (markers and groups of a sweep's verdict)."""
-        kinds = [("shifted area" if part.kind == "area" and part.shift else part.kind.replace("_", " "))
-                 for part in self.encoder.parts if part.own_local]
+        kinds = [entry.built_kind.label for entry in self.encoder.entries if entry.restricts_own_layers]
         return "+".join(kinds) or "full"
 
     def tags(self) -> list[str]:
         """Logger tags: the encoder layout, and the predictor's when it has local attention."""
         tags = [f"attn:{self.tag}"]
-        if self.predictor.is_local:
+        if self.predictor.has_local_layers:
             tags.append(f"pred-attn:{self.predictor.tag}")
         return tags
 
 
 def config_key(arg: str, part: str) -> str:
     """The config key behind constructor argument ``arg`` of ``part`` ('encoder' or 'predictor')."""
-    if arg.split(".")[0] in ATTENTION_FIELDS:  # 'stages.1.window': a setting of the second stage
+    if arg.split(".")[0] in attention_keys():  # 'stages.1.window': a setting of the second stage
         return f"attention.{arg}" if part == "encoder" else f"attention.predictor.{arg}"
     if part == "predictor":
         return "model." + {v: k for k, v in PREDICTOR_KEYS.items()}.get(arg, arg)

@@ -35,7 +35,7 @@ def reference_masks(ids):
 def test_an_encoder_with_three_kinds_matches_explicit_masks_layer_by_layer(keep, version):
     torch.manual_seed(0)
     model = vit("vit_tiny", img_size=96, num_frames=8, depth=6, attention=STAGES, version=version).double()
-    assert [None if p is None else p.kind for p in model.layer_attention] == [
+    assert [None if p is None else p.kind for p in model.layer_entries] == [
         "area", "area", "neighborhood", None, "sliding_tile", None]
     x = torch.randn(2, 3, 8, 96, 96, dtype=F64)
     ids = sparse_ids(GRID, 2, keep, seed=keep)

@@ -13,7 +13,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from stjepa.models import AttentionConfig
+from stjepa.models import AreaSplits, AttentionConfig
 from stjepa.utils import bench as common
 from stjepa.utils.layer_profile import plot_layers
 from train_helpers import CHILD_TIMEOUT
@@ -181,7 +181,7 @@ def test_the_module_is_built_from_the_train_config():
     assert (enc.depth, enc.img_size, enc.num_frames, module.predictor.depth) == (4, 64, 8, 2)
     # area layers [0, round(4 * 18/24)) = [0, 3) with t2 h2 w1; the predictor stays global
     assert enc.attention_pattern == (True, True, True, False)
-    assert (enc.attention.temporal_splits, enc.attention.height_splits, enc.attention.width_splits) == (2, 2, 1)
+    assert enc.attention.built_kind.splits == AreaSplits(2, 2, 1)
     assert not any(module.predictor.attention_pattern)
 
 
@@ -249,8 +249,8 @@ def test_layouts_match_the_attention_configs():
         conf = OmegaConf.to_container(common.compose_train_config([f"attention={conf_file}"]).attention)
         settings = common.attention_settings(name)
         encoder_part = (lambda d: {k: v for k, v in d.items() if k != "predictor"})
-        assert AttentionConfig.create(encoder_part(settings)).splits == AttentionConfig.create(
-            encoder_part(conf)).splits, name
+        assert AttentionConfig.create(encoder_part(settings)).built_kind.splits == AttentionConfig.create(
+            encoder_part(conf)).built_kind.splits, name
         for key in ("area_start", "area_end", "backend"):
             assert settings[key] == conf[key], (name, key)
     settings = common.attention_settings("2x2x1", predictor_area=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stjepa.models import AreaSplits, AttentionConfig, vit
-from stjepa.models.area import AreaKind, shifted_area_index
+from stjepa.models.kinds.area import AreaKind, shifted_area_index
 from stjepa.models.grid import gather_tokens, grid_positions
 from stjepa.models.rope import RopeTables
 from test_area_attention import reference_area_attention
@@ -52,7 +52,7 @@ def hand_areas(ids, grid, splits, shifted):
 @pytest.mark.parametrize("reorder", ["once", "per_layer"])
 def test_both_layouts_match_the_reference_on_sparse_tokens(backend, reorder):
     grid, splits = (4, 6, 8), (2, 2, 2)
-    kind = AreaKind(AreaSplits(*splits), reorder, shift=True)
+    kind = AreaKind(*splits, reorder=reorder, shift=True)
     ids = sparse_ids(grid, 3, 70, seed=7)
     order, layouts = kind.prepare(ids, grid, backend)
     assert len(layouts) == 2

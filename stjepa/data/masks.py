@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-Grid = tuple[int, int, int]
+from ..models.grid import Grid
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Pure PyTorch model code: importable with torch and the standard library alone."""
-from .area import BACKENDS, AreaLayout, AreaSplits, area_index, attend
+from .kinds.area import BACKENDS, AreaLayout, AreaSplits, area_index
+from .attention_backends import attend
 from .arguments import ArgumentError
 from .attention_config import AttentionConfig
 from .grid import token_grid

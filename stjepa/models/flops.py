@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .predictor import VisionTransformerPredictor
 from .grid import Grid
+from .stack import in_turn
 from .vision_transformer import VisionTransformer
 
 
@@ -47,21 +48,11 @@ def _linear_macs(module: nn.Module) -> int:
 def layer_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransformerPredictor) -> list[int]:
     """Query-key pairs per head over the batch in each layer when tokens at ``ids`` (B, N) run
     through the model: all N^2 per sample in global layers, the kind's count in local layers
-    (each entry's layers take its layouts' counts in turn)."""
+    (each entry's layers take its layouts' counts in turn, as the forward takes its layouts)."""
     full = ids.shape[0] * ids.shape[1] ** 2
-    counts: dict[int, tuple[int, ...]] = {}
-    turns: dict[int, int] = {}
-    out = []
-    for part in model.layer_attention:
-        if part is None:
-            out.append(full)
-            continue
-        if id(part) not in counts:
-            counts[id(part)] = part.local_kind.pairs(ids.cpu(), grid)
-        turn = turns.get(id(part), 0)
-        out.append(counts[id(part)][turn % len(counts[id(part)])])
-        turns[id(part)] = turn + 1
-    return out
+    ids = ids.cpu()
+    pairs = in_turn(model.layer_entries, lambda entry: entry.built_kind.pairs(ids, grid))
+    return [full if p is None else p for p in pairs]
 
 
 def _blocks_flops(blocks: nn.ModuleList, width: int, tokens: int, full: int, pairs: list[int]) -> Flops:

@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .area import AreaLayout, attend
+from .attention_backends import attend
+from .kinds import LocalLayout
 from .arguments import ArgumentError
 from .rope import RopeTables, apply_rope
 
@@ -26,8 +27,8 @@ class PatchEmbed3D(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with 3D RoPE. Full or area attention is decided per call by
-    the layout argument, so full and area layers have exactly the same parameters."""
+    """Multi-head self-attention with 3D RoPE. Global or local attention is decided per call by
+    the layout argument (any kind's), so global and local layers have exactly the same parameters."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0):
         super().__init__()
@@ -39,12 +40,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, rope: RopeTables | None = None, area: AreaLayout | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTables | None = None, layout: LocalLayout | None = None) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = attend(q, k, v, area).transpose(1, 2).reshape(B, N, C)
+        out = attend(q, k, v, layout).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))
 
 
@@ -112,6 +113,6 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = SwiGLU(dim, hidden, drop) if use_swiglu else MLP(dim, hidden, drop)
 
-    def forward(self, x: Tensor, rope: RopeTables | None = None, area: AreaLayout | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), rope, area))
+    def forward(self, x: Tensor, rope: RopeTables | None = None, layout: LocalLayout | None = None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), rope, layout))
         return x + self.drop_path(self.mlp(self.norm2(x)))

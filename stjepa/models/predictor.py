@@ -158,7 +158,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
             tokens,
             ids,
             grid,
-            self.layer_attention,
+            self.layer_entries,
             self.head_dim,
             sort_by_position=True,
             activation_checkpointing=self.use_activation_checkpointing and self.training,

@@ -1,12 +1,13 @@
 """A stack of transformer blocks over tokens that carry (t, h, w) grid positions.
 
-Shared by the encoder and the predictor: the stack's attention layout (which layers are area
-layers), and running the blocks, where positions, the area sort and the RoPE tables are
-computed once per forward and handed to every layer.
+Shared by the encoder and the predictor: the stack's attention layout (which layers use which
+kind of local attention), and running the blocks, where positions, each kind's token order and
+layouts, and the RoPE tables are computed once per forward and handed to every layer.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention_config import AttentionConfig
 from .grid import Grid, gather_tokens, grid_positions
+from .kinds import LocalLayout
 from .rope import VJEPA2_ROPE, RopeStyle, RopeTables
 
 
@@ -29,12 +31,12 @@ class AttentionLayoutMixin:
 
     def set_attention(self, attention: "AttentionConfig | dict | None") -> None:
         """Choose the attention layout (validated against depth and grid); parameters are unaffected.
-        ``layer_attention`` holds, per layer, the entry whose local attention it uses (None: global)."""
+        ``layer_entries`` holds, per layer, the entry whose local attention it uses (None: global)."""
         config = AttentionConfig.create(attention)
         layers = config.layers(self.depth)
         config.validate(self.depth, self.default_grid)
-        self.attention, self.layer_attention = config, layers
-        self.attention_pattern = tuple(part is not None for part in layers)
+        self.attention, self.layer_entries = config, layers
+        self.attention_pattern = tuple(entry is not None for entry in layers)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -43,18 +45,50 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-Prepared = dict[int, tuple["Tensor | None", tuple]]
+T = TypeVar("T")
 
 
-def prepare_layouts(ids: Tensor, grid: Grid, layer_attention: Sequence[AttentionConfig | None]) -> Prepared:
-    """What :func:`run_blocks` does once per forward before the blocks: for every entry of
-    ``layer_attention`` (by ``id``), the token order its kind wants for tokens at ``ids`` (B, N)
-    (None: the given order) and the layouts its layers take in turn."""
-    prepared: Prepared = {}
-    for part in layer_attention:
-        if part is not None and id(part) not in prepared:
-            prepared[id(part)] = part.local_kind.prepare(ids, grid, part.backend)
-    return prepared
+def in_turn(layer_entries: Sequence[AttentionConfig | None],
+            per_entry: Callable[[AttentionConfig], Sequence[T]]) -> list[T | None]:
+    """For each layer, None where it is global, else the next of its entry's values in turn:
+    ``per_entry`` is computed once per entry (this config or a stage), and that entry's layers
+    take its values in turn (one value for most kinds; shifted areas alternate two). The one
+    turn cycle of both the forward (layouts) and the FLOP counter (query-key pairs)."""
+    cycles: list[list] = []  # [entry, its values, the next turn]
+    out: list[T | None] = []
+    for entry in layer_entries:
+        if entry is None:
+            out.append(None)
+            continue
+        cycle = next((c for c in cycles if c[0] is entry), None)
+        if cycle is None:
+            cycle = [entry, per_entry(entry), 0]
+            cycles.append(cycle)
+        out.append(cycle[1][cycle[2] % len(cycle[1])])
+        cycle[2] += 1
+    return out
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """What one local layer runs with in one forward: the token order its kind wants (a
+    permutation of the caller's tokens; None: the caller's order) and its layout. Layers of one
+    entry share the same ``order`` object."""
+
+    order: Tensor | None
+    layout: LocalLayout
+
+
+def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionConfig | None]) -> list[LayerLayout | None]:
+    """What :func:`run_blocks` does once per forward before the blocks: for every layer, None
+    (global) or its :class:`LayerLayout` for tokens at ``ids`` (B, N); each entry's kind
+    prepares once."""
+
+    def prepare(entry: AttentionConfig) -> list[LayerLayout]:
+        order, layouts = entry.built_kind.prepare(ids, grid, entry.backend)
+        return [LayerLayout(order, layout) for layout in layouts]
+
+    return in_turn(layer_entries, prepare)
 
 
 def run_blocks(
@@ -62,7 +96,7 @@ def run_blocks(
     x: Tensor,
     ids: Tensor,
     grid: Grid,
-    layer_attention: Sequence[AttentionConfig | None],
+    layer_entries: Sequence[AttentionConfig | None],
     head_dim: int,
     sort_by_position: bool = False,
     activation_checkpointing: bool = False,
@@ -72,27 +106,22 @@ def run_blocks(
     """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N); with
     ``taps`` (block indices), the outputs of those blocks instead of the last one's.
 
-    Layers with an entry in ``layer_attention`` use that entry's local attention (area,
+    Layers with an entry in ``layer_entries`` use that entry's local attention (area,
     neighborhood, ...), the others are global. Each kind may want its own token order (area
     attention sorts by area, then grid position): tokens are put in the first local kind's
     order before the first block and reordered where the kind changes; positions (and RoPE
     tables) travel with them. The output is in the caller's order either way.
     """
-    prepared = prepare_layouts(ids, grid, layer_attention)
-    first = next((prepared[id(p)][0] for p in layer_attention if p is not None), None)
-    order = ids.argsort(dim=1) if not prepared and sort_by_position else first
+    layers = prepare_layers(ids, grid, layer_entries)
+    first = next((layer.order for layer in layers if layer is not None), None)
+    order = ids.argsort(dim=1) if all(layer is None for layer in layers) and sort_by_position else first
     x, rope = _reordered(x, ids, grid, head_dim, rope_style, None, order)
-    turns: dict[int, int] = {}  # an entry's layers take its layouts in turn
     tapped = []
-    for i, (blk, part) in enumerate(zip(blocks, layer_attention)):
-        layout = None
-        if part is not None:
-            wanted, layouts = prepared[id(part)]
-            if wanted is not order:
-                x, rope = _reordered(x, ids, grid, head_dim, rope_style, order, wanted)
-                order = wanted
-            turn = turns.get(id(part), 0)
-            layout, turns[id(part)] = layouts[turn % len(layouts)], turn + 1
+    for i, (blk, layer) in enumerate(zip(blocks, layers)):
+        if layer is not None and layer.order is not order:
+            x, rope = _reordered(x, ids, grid, head_dim, rope_style, order, layer.order)
+            order = layer.order
+        layout = None if layer is None else layer.layout
         args = (x, rope, layout)
         if activation_checkpointing and torch.is_grad_enabled():
             x = checkpoint(blk, *args, use_reentrant=False)

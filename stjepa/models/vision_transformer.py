@@ -207,7 +207,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             tokens,
             ids,
             grid,
-            self.layer_attention,
+            self.layer_entries,
             self.head_dim,
             activation_checkpointing=self.use_activation_checkpointing and self.training,
             rope_style=self.rope_style,

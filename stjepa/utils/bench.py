@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import re
 from pathlib import Path
 
 import torch
@@ -22,15 +23,35 @@ SIZES = {  # name: (crop px, frames, batch), the published ST-A² sweep
     "256px/64f": (256, 64, 1),
     "384px/64f": (384, 64, 1),
 }
-# name: encoder splits, with the keys of conf/attention/*.yaml. Area layers are [0, 18/24 of the
-# depth), i.e. [0, 18) of ViT-L's 24, global after (area_start 0, area_end null as in full.yaml).
-LAYOUTS = {
-    "full": {"temporal_splits": 1, "height_splits": 1, "width_splits": 1},  # conf/attention/full.yaml
-    "2x2": {"temporal_splits": 1, "height_splits": 2, "width_splits": 2},  # conf/attention/area_2x2.yaml
-    "2x2x2": {"temporal_splits": 2, "height_splits": 2, "width_splits": 2},  # conf/attention/area_2x2x2.yaml
-    "2x2x1": {"temporal_splits": 2, "height_splits": 2, "width_splits": 1},  # t2 h2 w1 (no conf file)
-    "2x1x1": {"temporal_splits": 2, "height_splits": 1, "width_splits": 1},  # conf/attention/area_2x1x1.yaml
-}
+ATTENTION_PRESETS = ROOT / "conf" / "attention"
+# layouts the benchmarks name that have no preset file: a preset's name and the settings changed
+AREA_VARIANTS = {"2x2x1": ("2x2x2", {"width_splits": 1})}
+
+
+def layout_name(preset: str) -> str:
+    """The benchmarks' name of a conf/attention preset: 'area_2x2' -> '2x2', 'nbhd_3x7x7' ->
+    'nbhd3x7x7'; a preset named otherwise ('full', 'area_2x2_shift') keeps its name."""
+    match = re.fullmatch(r"(?:area_)?([a-z]*)_?(\d+(?:x\d+)*)", preset)
+    return match.group(1) + match.group(2) if match else preset
+
+
+def preset_layouts(variants: dict[str, tuple[str, dict]] | None = None) -> dict[str, dict]:
+    """name -> the encoder's attention settings of every preset in conf/attention (as composed
+    over full.yaml, without the predictor entry), by :func:`layout_name`, plus ``variants``."""
+    full = OmegaConf.to_container(OmegaConf.load(ATTENTION_PRESETS / "full.yaml"))
+    full.pop("predictor")
+    layouts = {}
+    for path in sorted(ATTENTION_PRESETS.glob("*.yaml"), key=lambda p: (p.stem != "full", p.stem)):
+        preset = OmegaConf.to_container(OmegaConf.load(path))
+        preset.pop("defaults", None)
+        preset.pop("predictor", None)
+        layouts[layout_name(path.stem)] = {**full, **preset}
+    for name, (base, changes) in (variants or {}).items():
+        layouts[name] = {**layouts[base], **changes}
+    return layouts
+
+
+LAYOUTS = preset_layouts(AREA_VARIANTS)
 DEFAULT_LAYOUTS = ["full", "2x2x2", "2x2x1"]
 
 
@@ -49,9 +70,15 @@ def size_args(size: str, batch: int | None = None) -> tuple[int, int, int]:
 
 def attention_settings(layout: str, backend: str = "auto", predictor_area: bool = False) -> dict:
     """The ``attention`` settings (as in conf/attention/*.yaml) of a named layout; with
-    ``predictor_area`` the predictor gets the same splits (its own [0, 18/24 depth) layers)."""
-    splits = dict(LAYOUTS[layout], area_start=0, area_end=None, backend=backend)
-    return {**splits, "predictor": dict(splits) if predictor_area else {}}
+    ``predictor_area`` the predictor gets the same layout (its own [0, 18/24 depth) layers)."""
+    encoder = dict(LAYOUTS[layout], backend=backend)
+    return {**encoder, "predictor": dict(encoder) if predictor_area else {}}
+
+
+def splits_tag(attention) -> str:
+    """An :class:`~stjepa.models.AttentionConfig`'s area splits as 't2h2w2' ('-' for kinds without splits)."""
+    splits = getattr(attention.built_kind, "splits", None)
+    return "-" if splits is None else splits.tag
 
 
 def model_settings(size: str = "vit_large", pred_depth: int | None = None, pred_width: int | None = None,

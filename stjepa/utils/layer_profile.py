@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..model_config import build_encoder
-from .bench import attention_settings, autocast, draw_masks, free_memory, pyplot
+from .bench import attention_settings, autocast, draw_masks, free_memory, pyplot, splits_tag
 from .timing import describe_device, git_commit, time_ms
 
 
@@ -97,7 +97,7 @@ def profile_layers(model: dict, layouts: list[str], crop: int, frames: int, batc
             layout = calls[i][0][2]
             rows.append({
                 "device": describe_device(device), "dtype": dtype, "commit": commit, "model": model["size"],
-                "size": size, "batch": batch, "layout": layout_name, "splits": encoder.attention.splits.tag, "layer": i,
+                "size": size, "batch": batch, "layout": layout_name, "splits": splits_tag(encoder.attention), "layer": i,
                 "area_layer": int(encoder.attention_pattern[i]),
                 "backend": layout.backend if layout is not None else "sdpa",
                 "tokens": "+".join(str(args[0].shape[1]) for args in calls[i]),

@@ -19,11 +19,12 @@ from functools import cached_property
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import create_block_mask, flex_attend, masked_attend
 from ..grid import Grid, grid_positions
+from . import register_kind
 
 AXES = ("t", "h", "w")
 
@@ -75,8 +76,6 @@ class WindowLayout:
 
     @cached_property
     def block_mask(self):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         B, N = self.cells[0].shape
         flat = [c.reshape(-1) for c in self.cells]
         sample = torch.arange(B, device=flat[0].device).repeat_interleave(N)
@@ -90,14 +89,8 @@ class WindowLayout:
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.backend == "dense":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense_mask)
-        from ..area import flatten_tokens, flex_attention_for, unflatten_tokens
-
-        def flat(x: Tensor) -> Tensor:
-            return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
-
-        out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=self.block_mask)
-        return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+            return masked_attend(q, k, v, self.dense_mask)
+        return flex_attend(q, k, v, self.block_mask)
 
 
 def window_pairs(ids: Tensor, grid: Grid, cell: Sequence[int], window: Sequence[int], dilation: Sequence[int]) -> int:
@@ -125,9 +118,12 @@ def odd_window(value: Sequence[int] | None, name: str) -> tuple[int, int, int]:
     return sizes
 
 
+@register_kind
 class NeighborhoodKind:
     name = "neighborhood"
     BACKENDS = ("auto", "dense", "flex")
+    label = "neighborhood"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, window: Sequence[int], dilation: Sequence[int] | None = None):
         self.window = odd_window(window, "window")
@@ -154,6 +150,8 @@ class NeighborhoodKind:
                     f"k cells every d needs k <= {length} // d.", window=list(self.window),
                     dilation=list(self.dilation))
 
+    validate_settings = validate  # the configured grid is checked as any input grid
+
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
         return (window_mask(grid_positions(ids, grid), grid, self.window, self.dilation),)
 
@@ -166,6 +164,3 @@ class NeighborhoodKind:
         order = ids.argsort(dim=1)
         return order, (WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
                                     backend),)
-
-
-KIND = NeighborhoodKind

@@ -10,11 +10,12 @@ Backends compute the same function:
 ``dense``   the reference: an explicit (B, 1, N, N) mask and SDPA (O(N^2) memory)
 ``flex``    FlexAttention with a block mask over the flattened batch (compiled on CUDA)
 ``gather``  tokens packed per tile, every tile's window of tiles gathered into one key set, plain
-            SDPA (:mod:`.blocks`). With every token present (target encoder, probes) all tiles
-            are full, so there is no mask and no padding; with sparse tokens each tile is padded
-            to the fullest one (its size read to the host once per forward). It costs
-            wt * wh * ww copies of K and V, which on the CPU makes it slower than the dense path
-            at the published sizes (BENCHMARKS.md); it is the path that fits where dense does not.
+            SDPA (:func:`~stjepa.models.attention_backends.attend_key_blocks`). With every token
+            present (target encoder, probes) all tiles are full, so there is no mask and no
+            padding; with sparse tokens each tile is padded to the fullest one (its size read to
+            the host once per forward). It costs wt * wh * ww copies of K and V, which on the CPU
+            makes it slower than the dense path at the published sizes (BENCHMARKS.md); it is the
+            path that fits where dense does not.
 ``auto``    ``flex`` on CUDA; on the CPU ``dense`` up to ``DENSE_MAX_TOKENS`` tokens, else ``gather``.
 """
 from __future__ import annotations
@@ -27,9 +28,9 @@ import torch
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import attend_key_blocks
 from ..grid import Grid
-from . import DENSE_MAX_TOKENS
-from .blocks import attend_key_blocks
+from . import DENSE_MAX_TOKENS, register_kind
 from .neighborhood import (AXES, WindowLayout, axis_window_start, cells_of, odd_window, window_mask,
                            window_pairs)
 
@@ -120,9 +121,12 @@ class TileWindowLayout(WindowLayout):
         return out.reshape(B, heads, -1, D).gather(2, index)
 
 
+@register_kind
 class SlidingTileKind:
     name = "sliding_tile"
     BACKENDS = ("auto", "dense", "flex", "gather")
+    label = "sliding tile"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, tile: Sequence[int], tile_window: Sequence[int]):
         self.tile = tile_sizes(tile, "tile")
@@ -140,6 +144,8 @@ class SlidingTileKind:
                                     f"allowed window sizes there are odd and at most {count}.",
                                     tile_window=list(self.tile_window))
 
+    validate_settings = validate  # the configured grid is checked as any input grid
+
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor]:
         cells, tiles = cells_of(ids, grid, self.tile)
         return (window_mask(cells, tiles, self.tile_window, NO_DILATION),)
@@ -153,6 +159,3 @@ class SlidingTileKind:
         one_of(backend, "backend", self.BACKENDS)
         order, sorted_tiles = tile_sorted(ids, grid, self.tile)
         return order, (TileWindowLayout(sorted_tiles, self.tile, grid, self.tile_window, backend),)
-
-
-KIND = SlidingTileKind

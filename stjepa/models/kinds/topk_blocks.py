@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import attend_key_blocks, create_block_mask, flex_attend, masked_attend
 from ..grid import Grid
-from .blocks import attend_key_blocks
+from . import register_kind
 from .sliding_tile import check_tiles, tile_sizes, tile_sorted
 
 
@@ -83,14 +84,10 @@ def _gather(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 def _dense(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     block_of = torch.arange(q.shape[2], device=q.device) // layout.block_size
     seen = layout.block_mask(q, k)[:, :, block_of][:, :, :, block_of]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+    return masked_attend(q, k, v, seen)
 
 
 def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    from ..area import flex_attention_for
-
     seen, size = layout.block_mask(q, k), layout.block_size
 
     def selected(b, head, q_idx, kv_idx):
@@ -98,15 +95,18 @@ def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     B, heads, N, _ = q.shape
     mask = create_block_mask(selected, B, heads, N, N, device=q.device)
-    return flex_attention_for(q.device)(q, k, v, block_mask=mask)
+    return flex_attend(q, k, v, mask, flatten=False)
 
 
 _BACKEND_FNS = {"gather": _gather, "dense": _dense, "flex": _flex}
 
 
+@register_kind
 class TopkBlocksKind:
     name = "topk_blocks"
     BACKENDS = ("auto", *_BACKEND_FNS)
+    label = "topk blocks"
+    is_global = False  # its layers always differ from global attention
 
     def __init__(self, block: Sequence[int], top_k: int):
         self.block = tile_sizes(block, "block")
@@ -127,6 +127,8 @@ class TopkBlocksKind:
             raise ArgumentError(f"{{top_k}} is not fewer than the {blocks} blocks of the grid; allowed values are "
                                 f"1..{blocks - 1} (each block also sees itself).", top_k=self.top_k)
 
+    validate_settings = validate  # the configured grid is checked as any input grid
+
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
         """Query-key pairs computed per head over the batch, counting every chosen block as full
         (only the last block of a forward can hold fewer tokens)."""
@@ -138,6 +140,3 @@ class TopkBlocksKind:
         one_of(backend, "backend", self.BACKENDS)
         order, _ = tile_sorted(ids, grid, self.block)
         return order, (TopkBlockLayout(ids.shape[1], self.block_size, self.top_k, backend),)
-
-
-KIND = TopkBlocksKind

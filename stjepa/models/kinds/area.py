@@ -1,4 +1,4 @@
-"""Spatiotemporal area attention (ST-A²): area ids, the per-forward token layout, and backends.
+"""Spatiotemporal area attention (ST-A²): area ids, the per-forward token layout, the kind.
 
 Tokens are split into areas by their (t, h, w) grid position: along an axis of length L cut
 into S splits, a token at position p is in slice ``floor(p * S / L)``. A token attends only to
@@ -6,7 +6,8 @@ tokens of its own area in the same sample.
 
 The encoder sorts its visible tokens by area once per forward (positions travel with the
 tokens, so RoPE attention is unaffected) and builds one :class:`AreaLayout`; every area layer
-then runs on contiguous areas. Backends compute the same function:
+then runs on contiguous areas. Backends (from :mod:`~stjepa.models.attention_backends`)
+compute the same function:
 
 ``dense``   boolean same-area mask over all tokens, SDPA (the reference; O(N^2) memory)
 ``padded``  each non-empty area padded to the largest, SDPA with a key padding mask
@@ -32,10 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arguments import ArgumentError, positive_int
-from .grid import Grid, grid_positions
+from ..arguments import ArgumentError, one_of, positive_int
+from ..attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
+                                 varlen_attend, varlen_attn)
+from ..grid import Grid, grid_positions
+from . import register_kind
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
+REORDERS = ("once", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -74,28 +79,6 @@ def area_index(t: Tensor, h: Tensor, w: Tensor, grid: tuple[int, int, int], spli
     ah = torch.div(h * splits.height, H, rounding_mode="floor")
     aw = torch.div(w * splits.width, W, rounding_mode="floor")
     return (at * splits.height + ah) * splits.width + aw
-
-
-def _varlen_attn():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.9
-        return None
-    return varlen_attn
-
-
-def flex_attention_for(device: torch.device):
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if device.type == "cuda":  # eager flex is the slow reference path; compile for the kernel
-        global _COMPILED_FLEX
-        if _COMPILED_FLEX is None:
-            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-        return _COMPILED_FLEX
-    return flex_attention
-
-
-_COMPILED_FLEX = None
 
 
 class AreaLayout:
@@ -140,13 +123,13 @@ class AreaLayout:
                 raise ArgumentError(
                     "{backend} needs every area to hold the same number of tokens; area sizes here range "
                     f"{int(self.counts_host.min())}..{self.max_area}; use 'auto'.", backend=backend)
-            if backend == "varlen" and (self.area.device.type != "cuda" or _varlen_attn() is None):
+            if backend == "varlen" and (self.area.device.type != "cuda" or varlen_attn() is None):
                 raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
             return backend
         if self.is_equal:
             return "equal"
         if self.area.device.type == "cuda":
-            return "varlen" if _varlen_attn() is not None else "flex"
+            return "varlen" if varlen_attn() is not None else "flex"
         return "padded"
 
     # -- per-backend structures, built on first use and shared by all layers ---------------
@@ -177,8 +160,6 @@ class AreaLayout:
 
     @cached_property
     def _flex_block_mask(self):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         segment = self._segments[0]
         total = segment.numel()
 
@@ -198,67 +179,27 @@ class AreaLayout:
 
 
 def _dense(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    mask = layout.area[:, None, :, None] == layout.area[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return masked_attend(q, k, v, layout.area[:, None, :, None] == layout.area[:, None, None, :])
 
 
 def _equal(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    B, Hh, N, D = q.shape
-    A = layout.num_areas
-
-    def split(x: Tensor) -> Tensor:
-        return x.reshape(B, Hh, A, N // A, D).transpose(1, 2).reshape(B * A, Hh, N // A, D)
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.reshape(B, A, Hh, N // A, D).transpose(1, 2).reshape(B, Hh, N, D)
-
-
-def flatten_tokens(x: Tensor) -> Tensor:
-    B, Hh, N, D = x.shape
-    return x.transpose(1, 2).reshape(B * N, Hh, D)
-
-
-def unflatten_tokens(x: Tensor, B: int) -> Tensor:
-    return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
+    return equal_split_attend(q, k, v, layout.num_areas)
 
 
 def _padded(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    B, Hh, N, D = q.shape
     index, key_valid, segments = layout._padded_index
-    width = layout.max_area
-
-    def pack(x: Tensor) -> Tensor:
-        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, flatten_tokens(x))
-        return flat.view(segments, width, Hh, D).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=key_valid)
-    out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, index)
-    return unflatten_tokens(out, B)
+    return padded_attend(q, k, v, index, key_valid, segments, layout.max_area)
 
 
 def _varlen(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    cu, width = layout._cu_seqlens, layout.max_area
-    out = _varlen_attn()(flatten_tokens(q), flatten_tokens(k), flatten_tokens(v), cu, cu, width, width)
-    return unflatten_tokens(out, q.shape[0])
+    return varlen_attend(q, k, v, layout._cu_seqlens, layout.max_area)
 
 
 def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    def flat(x: Tensor) -> Tensor:
-        return flatten_tokens(x).transpose(0, 1).unsqueeze(0)  # (1, heads, B*N, D)
-
-    out = flex_attention_for(q.device)(flat(q), flat(k), flat(v), block_mask=layout._flex_block_mask)
-    return unflatten_tokens(out[0].transpose(0, 1), q.shape[0])
+    return flex_attend(q, k, v, layout._flex_block_mask)
 
 
 _BACKEND_FNS = {"dense": _dense, "equal": _equal, "padded": _padded, "varlen": _varlen, "flex": _flex}
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, layout=None) -> Tensor:
-    """The one attention interface: global SDPA without a layout, the layout's local attention
-    (area, neighborhood, ...: any object with ``attend(q, k, v)``) with one."""
-    if layout is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    return layout.attend(q, k, v)
 
 
 def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:
@@ -292,21 +233,60 @@ def shifted_area_index(t: Tensor, h: Tensor, w: Tensor, grid: Grid, splits: Area
     return (coords[0] * sizes[1] + coords[1]) * sizes[2] + coords[2], sizes[0] * sizes[1] * sizes[2]
 
 
+@register_kind
 class AreaKind:
-    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`). With
-    ``shift``, every other area layer uses the areas of :func:`shifted_area_index`, so
-    information crosses area borders without a global layer; those layers sort by their own
-    areas inside attention (the ``reorder`` mechanism) and restore the order after."""
+    """Area attention as a kind of local attention (see :mod:`stjepa.models.kinds`).
+
+    Settings: ``temporal_splits``, ``height_splits``, ``width_splits`` (None: 1);
+    ``spatial_splits`` is shorthand for height and width, and giving it together with a
+    different height or width split is refused rather than letting one silently win. With one
+    area (every split 1) the kind is global attention. ``shift`` makes every other area layer
+    use the areas of :func:`shifted_area_index`, so information crosses area borders without a
+    global layer; those layers sort by their own areas inside attention (the ``reorder``
+    mechanism) and restore the order after. ``reorder='once'`` sorts tokens by area once per
+    forward; ``'per_layer'`` sorts inside every area layer as the published ST-A² code did.
+    """
 
     name = "area"
     BACKENDS = BACKENDS
 
-    def __init__(self, splits: AreaSplits, reorder: str = "once", shift: bool = False):
-        self.splits, self.reorder, self.shift = splits, reorder, bool(shift)
+    def __init__(self, temporal_splits: int = 1, height_splits: int | None = None, width_splits: int | None = None,
+                 spatial_splits: int | None = None, reorder: str = "once", shift: bool = False):
+        one_of(reorder, "reorder", REORDERS)
+        if spatial_splits is not None:
+            positive_int(spatial_splits, "spatial_splits")
+            for name, value in (("height_splits", height_splits), ("width_splits", width_splits)):
+                if value is not None and value != spatial_splits:
+                    raise ArgumentError(f"{{spatial_splits}} and {{{name}}} both set the {name.split('_')[0]} "
+                                        f"splits; give one of them.", spatial_splits=spatial_splits, **{name: value})
+            height_splits = width_splits = spatial_splits
+        self.spatial_splits = spatial_splits
+        self.splits = AreaSplits(temporal_splits, 1 if height_splits is None else height_splits,
+                                 1 if width_splits is None else width_splits)
+        self.splits.validate()
+        self.reorder, self.shift = reorder, bool(shift)
+
+    @property
+    def is_global(self) -> bool:
+        """One area is the same function as full attention."""
+        return self.splits.num_areas == 1
 
     @property
     def tag(self) -> str:
         return f"area-{self.splits.tag}" + ("-shift" if self.shift else "")
+
+    @property
+    def label(self) -> str:
+        return "shifted area" if self.shift else "area"
+
+    def validate_settings(self, grid: Grid) -> None:
+        """:meth:`validate` for the configured grid, naming ``spatial_splits`` where it was given."""
+        spatial = self.spatial_splits
+        if spatial is not None and spatial > min(grid[1:]):
+            raise ArgumentError(f"{{spatial_splits}} is more splits than the {min(grid[1:])} grid cells of the "
+                                f"shorter spatial axis; allowed values are 1..{min(grid[1:])}.",
+                                spatial_splits=spatial)
+        self.validate(grid)
 
     def validate(self, grid: Grid) -> None:
         self.splits.validate(grid)
