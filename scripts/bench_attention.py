@@ -21,7 +21,7 @@ import csv
 
 import torch
 
-from stjepa.models import AttentionConfig
+from stjepa.models import AttentionSettings
 from stjepa.models.kinds.area import AreaKind, area_index
 from stjepa.models.attention_backends import attend
 from stjepa.models.grid import grid_positions
@@ -46,9 +46,9 @@ LAYOUTS = {name: settings for name, settings in preset_layouts({
 HEADS, HEAD_DIM = 16, 64
 
 
-def layout_config(name: str, backend: str = "auto") -> AttentionConfig | None:
+def layout_config(name: str, backend: str = "auto") -> AttentionSettings | None:
     """The layout's config, None for global attention ('full')."""
-    config = AttentionConfig.create({**LAYOUTS[name], "backend": backend})
+    config = AttentionSettings.create({**LAYOUTS[name], "backend": backend})
     return config if config.has_local_layers else None
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from stjepa.models import AttentionConfig
+from stjepa.models import AttentionSettings
 from stjepa.models.flops import Flops, train_step_flops
 from stjepa.models.stack import prepare_layers
 from stjepa.optim import adamw
@@ -199,7 +199,7 @@ def run(args) -> list[dict]:
                 "device": describe_device(device), "dtype": "bfloat16" if cuda else "float32", "commit": commit,
                 "model": model["size"], "version": model["version"], "predictor": f"{model['pred_depth']}x{model['pred_embed_dim']}",
                 "size": size, "crop": crop, "frames": frames, "batch": batch, "layout": layout,
-                "splits": splits_tag(AttentionConfig.create(LAYOUTS[layout])), "predictor_area": int(args.predictor_area),
+                "splits": splits_tag(AttentionSettings.create(LAYOUTS[layout])), "predictor_area": int(args.predictor_area),
                 "activation_checkpointing": int(args.activation_checkpointing), "compile": str(args.compile).lower(),
                 "status": "ok" if measured else "oom",
             }

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .model_config import RunAttention
+from .networks import RunAttention
 from .wandb_workspace import sweep_group_name
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .losses import ContextLoss, context_weights, jepa_loss, level_norm
-from .model_config import RunAttention, build_encoder, build_predictor, init_weights_path
+from .networks import RunAttention, build_encoder, build_predictor, init_weights_path
 from .models.grid import gather_tokens
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
@@ -29,7 +29,7 @@ def feature_std(features: Tensor) -> Tensor:
 
 
 class JEPAPretrainModule(L.LightningModule):
-    """``model`` is the model group (read only by :mod:`stjepa.model_config`'s builders);
+    """``model`` is the model group (read only by :mod:`stjepa.networks`'s builders);
     ``attention`` the run's attention, built (or its group, as a checkpoint stores it);
     ``optim`` and ``loss`` typed settings or their groups; ``frames_per_clip`` and ``crop_size``
     the clip size. ``model.init_from`` starts from the weights of an official ``.pt`` or a

@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint_io import atomic_write_text
 from .checks import check_int
-from .config import check_common, check_machine, data_modality, instantiate_checked, plain
+from .preflight import check_common, check_machine, data_modality, instantiate_checked, plain
 from .errors import ConfigError
 from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
-from .model_config import RunAttention
+from .networks import RunAttention
 from .models import ArgumentError
 from .probe_module import MultiHeadProbe
 from .train_job import quiet_lightning

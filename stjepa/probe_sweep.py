@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import rich

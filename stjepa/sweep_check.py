@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # the check each task runs on its config before any work ("module:function", imported when a
 # sweep of that task is checked); a task without an entry is not checked ahead
-JOB_CHECKS = {"train": "stjepa.config:check_train_config", "probe": "stjepa.probe_job:check_probe_config"}
+JOB_CHECKS = {"train": "stjepa.preflight:check_train_config", "probe": "stjepa.probe_job:check_probe_config"}
 # set in the environment of jobs that SLURM runs; config.check_launch reads it
 SLURM_MARKER = "SLURM_JOB_ID"
 

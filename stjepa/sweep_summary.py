@@ -15,12 +15,11 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
-from .model_config import RunAttention
+from .networks import RunAttention
 from .sweep_plot import CURVE_PANELS, plot_summary
 from .sweeps import FINISHED, SEED_KEY, Job, first_difference, group_keys, read_sweep
 

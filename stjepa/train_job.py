@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .callbacks import ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
-from .config import check_machine, check_train_config, instantiate_checked, plain
+from .preflight import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams
 from .models.versions import Generation

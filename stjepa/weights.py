@@ -8,7 +8,7 @@
   ``norm``), the signatures in :mod:`stjepa.models.versions`.
 - A ``train.py`` ``.ckpt`` is a Lightning checkpoint of the pretraining module: ``state_dict``
   with ``encoder.``, ``predictor.`` and ``target_encoder.`` prefixes, and the module's
-  ``hyper_parameters`` (the arguments of :func:`~stjepa.model_config.build_encoder`), from
+  ``hyper_parameters`` (the arguments of :func:`~stjepa.networks.build_encoder`), from
   which its architecture is rebuilt.
 
 :func:`read_weights` tells the two apart; everything else works on its result.
@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
-from .model_config import ENCODER_HPARAMS, RunAttention, build_encoder
+from .networks import ENCODER_HPARAMS, RunAttention, build_encoder
 from .models.arguments import one_of
 from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
 from .models.versions import generation_of_state

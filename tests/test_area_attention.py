@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from stjepa.models import AreaLayout, AttentionConfig, vit
+from stjepa.models import AreaLayout, AttentionSettings, vit
 from stjepa.models.kinds.area import area_index
 
 F64 = torch.float64  # tight tolerances against the reference
@@ -90,7 +90,7 @@ def test_per_layer_reorder_inside_attention_matches_reference():
 def test_area_index_hand_count():
     # grid 4 x 3 x 5 with 2 x 2 x 3 splits: floor(pos * S / L) per axis
     t, h, w = torch.tensor([0, 1, 2, 3, 3]), torch.tensor([0, 1, 2, 2, 1]), torch.tensor([0, 1, 2, 4, 3])
-    splits = AttentionConfig.create(dict(temporal_splits=2, height_splits=2, width_splits=3)).built_kind.splits
+    splits = AttentionSettings.create(dict(temporal_splits=2, height_splits=2, width_splits=3)).built_kind.splits
     ids = area_index(t, h, w, (4, 3, 5), splits)
     # t-slice: 0,0,1,1,1   h-slice: 0,0,1,1,0   w-slice: 0,0,1,2,1 (3*3//5=1, 4*3//5=2)
     expected = [(0 * 2 + 0) * 3 + 0, (0 * 2 + 0) * 3 + 0, (1 * 2 + 1) * 3 + 1, (1 * 2 + 1) * 3 + 2, (1 * 2 + 0) * 3 + 1]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from stjepa.errors import ConfigError
-from stjepa.model_config import build_encoder
-from stjepa.models import AttentionConfig, vit
+from stjepa.networks import build_encoder
+from stjepa.models import AttentionSettings, vit
 from stjepa.models.flops import layer_pairs
 from stjepa.models.grid import gather_tokens, grid_positions
 from test_neighborhood import reference_mask as neighborhood_mask
@@ -69,9 +69,9 @@ def test_the_flop_counter_counts_each_layer_by_its_kind():
 
 
 def test_the_tag_names_every_kind_with_its_layers():
-    assert AttentionConfig.create(STAGES).tag == "area-t2h2w2-L0:2+nbhd3x3x3-L2:3+sta2x2x3w1x3x1-L4"
+    assert AttentionSettings.create(STAGES).tag == "area-t2h2w2-L0:2+nbhd3x3x3-L2:3+sta2x2x3w1x3x1-L4"
     # a global first entry with one local stage
-    assert AttentionConfig.create(dict(stages=[dict(kind="neighborhood", window=[1, 3, 3])])).tag == "nbhd1x3x3-L0:auto"
+    assert AttentionSettings.create(dict(stages=[dict(kind="neighborhood", window=[1, 3, 3])])).tag == "nbhd1x3x3-L0:auto"
 
 
 @pytest.mark.parametrize("stages, message", [

@@ -13,7 +13,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from stjepa.models import AreaSplits, AttentionConfig
+from stjepa.models import AreaSplits, AttentionSettings
 from stjepa.utils import bench as common
 from stjepa.utils.layer_profile import plot_layers
 from train_helpers import CHILD_TIMEOUT
@@ -249,7 +249,7 @@ def test_layouts_match_the_attention_configs():
         conf = OmegaConf.to_container(common.compose_train_config([f"attention={conf_file}"]).attention)
         settings = common.attention_settings(name)
         encoder_part = (lambda d: {k: v for k, v in d.items() if k != "predictor"})
-        assert AttentionConfig.create(encoder_part(settings)).built_kind.splits == AttentionConfig.create(
+        assert AttentionSettings.create(encoder_part(settings)).built_kind.splits == AttentionSettings.create(
             encoder_part(conf)).built_kind.splits, name
         for key in ("area_start", "area_end", "backend"):
             assert settings[key] == conf[key], (name, key)

@@ -216,7 +216,7 @@ def test_the_same_seed_gives_the_same_first_losses(tmp_path):
 
 def test_slurm_launcher_settings_drive_the_trainer_and_mismatches_are_refused(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from stjepa.config import ConfigError, check_train_config
+    from stjepa.preflight import ConfigError, check_train_config
     from train_helpers import compose_config
 
     cfg = compose_config(tmp_path, ["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.nodes=2",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stjepa.errors import ConfigError
-from stjepa.model_config import build_encoder
-from stjepa.models import AttentionConfig, kinds
+from stjepa.networks import build_encoder
+from stjepa.models import AttentionSettings, kinds
 from stjepa.models.arguments import ArgumentError, one_of, positive_int
 from stjepa.models.attention_backends import masked_attend
 from stjepa.models.flops import encoder_flops, layer_pairs
@@ -79,7 +79,7 @@ def same_slice():
 def test_every_kind_module_is_listed_has_a_preset_and_fits_the_interface():
     modules = {info.name for info in pkgutil.iter_modules(kinds.__path__)}
     assert set(find_kinds()) == modules  # each module of the package is one kind
-    built = [AttentionConfig.create(settings).built_kind for settings in preset_layouts().values()]
+    built = [AttentionSettings.create(settings).built_kind for settings in preset_layouts().values()]
     assert {kind.name for kind in built} == modules
     assert all(isinstance(kind, LocalKind) for kind in built)
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stjepa.config import check_train_config
+from stjepa.preflight import check_train_config
 from stjepa.data.datamodule import ImageDataModule, SyntheticDataModule
 from stjepa.data.mixture import MixtureDataModule, weighted_turns
 from stjepa.errors import ConfigError

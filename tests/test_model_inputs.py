@@ -3,7 +3,7 @@ activation checkpointing and image inputs."""
 import pytest
 import torch
 
-from stjepa.models import ArgumentError, AreaSplits, AttentionConfig, VisionTransformerPredictor, vit
+from stjepa.models import ArgumentError, AreaSplits, AttentionSettings, VisionTransformerPredictor, vit
 from stjepa.models.flops import encoder_flops, predictor_flops
 
 
@@ -34,11 +34,11 @@ def test_bad_attention_settings_name_the_constructor_argument(attention, message
 
 
 def test_spatial_splits_sets_height_and_width_unless_they_say_otherwise():
-    assert AttentionConfig.create(dict(spatial_splits=3)).built_kind.splits == AreaSplits(1, 3, 3)
-    agreeing = AttentionConfig.create(dict(spatial_splits=3, height_splits=3))
+    assert AttentionSettings.create(dict(spatial_splits=3)).built_kind.splits == AreaSplits(1, 3, 3)
+    agreeing = AttentionSettings.create(dict(spatial_splits=3, height_splits=3))
     assert agreeing.built_kind.splits == AreaSplits(1, 3, 3)  # agreeing: fine
-    assert AttentionConfig.create(dict(height_splits=2)).built_kind.splits == AreaSplits(1, 2, 1)
-    assert AttentionConfig.create(dict()).built_kind.splits == AreaSplits(1, 1, 1)
+    assert AttentionSettings.create(dict(height_splits=2)).built_kind.splits == AreaSplits(1, 2, 1)
+    assert AttentionSettings.create(dict()).built_kind.splits == AreaSplits(1, 1, 1)
 
 
 def test_bad_inputs():
@@ -61,14 +61,14 @@ def test_bad_inputs():
 
 
 def test_area_pattern_defaults_scale_with_depth():
-    assert AttentionConfig.create(dict(spatial_splits=2)).local_layer_flags(24) == (True,) * 18 + (False,) * 6
-    assert AttentionConfig.create(dict(temporal_splits=2)).local_layer_flags(12) == (True,) * 9 + (False,) * 3
-    some = AttentionConfig.create(dict(spatial_splits=2, area_layers=[1, 3]))
+    assert AttentionSettings.create(dict(spatial_splits=2)).local_layer_flags(24) == (True,) * 18 + (False,) * 6
+    assert AttentionSettings.create(dict(temporal_splits=2)).local_layer_flags(12) == (True,) * 9 + (False,) * 3
+    some = AttentionSettings.create(dict(spatial_splits=2, area_layers=[1, 3]))
     assert some.local_layer_flags(4) == (False, True, False, True)
-    one_area = AttentionConfig.create(dict(area_end=3))
+    one_area = AttentionSettings.create(dict(area_end=3))
     assert one_area.local_layer_flags(4) == (False,) * 4  # one area: every layer global
-    assert AttentionConfig.create(dict(spatial_splits=2, area_layers=[1, 3])).tag == "area-t1h2w2-L1,3"
-    assert AttentionConfig.create(dict(height_splits=1, width_splits=4, area_end=6)).tag == "area-t1h1w4-L0:6"
+    assert AttentionSettings.create(dict(spatial_splits=2, area_layers=[1, 3])).tag == "area-t1h2w2-L1,3"
+    assert AttentionSettings.create(dict(height_splits=1, width_splits=4, area_end=6)).tag == "area-t1h1w4-L0:6"
 
 
 def test_flops_hand_count():

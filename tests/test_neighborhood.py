@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stjepa.models import ArgumentError, AttentionConfig, vit
+from stjepa.models import ArgumentError, AttentionSettings, vit
 from stjepa.models.kinds.neighborhood import NeighborhoodKind
 
 F64 = torch.float64
@@ -116,7 +116,7 @@ def test_bad_settings_name_the_argument(settings, message):
 
 
 def test_tags_and_patterns():
-    config = AttentionConfig.create(dict(kind="neighborhood", window=[3, 7, 7], dilation=None, area_end=12))
+    config = AttentionSettings.create(dict(kind="neighborhood", window=[3, 7, 7], dilation=None, area_end=12))
     assert config.tag == "nbhd3x7x7-L0:12" and config.local_layer_flags(24) == (True,) * 12 + (False,) * 12
-    assert AttentionConfig.create(dict(kind="neighborhood", window=[1, 3, 3], dilation=[1, 2, 2])).tag.startswith(
+    assert AttentionSettings.create(dict(kind="neighborhood", window=[1, 3, 3], dilation=[1, 2, 2])).tag.startswith(
         "nbhd1x3x3d1x2x2")

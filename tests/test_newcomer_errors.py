@@ -39,7 +39,7 @@ def no_wandb_key(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("config_name", ["train", "probe"])
 def test_wandb_online_without_a_key_is_refused_at_the_config_check(tmp_path, no_wandb_key, config_name):
-    from stjepa.config import check_train_config
+    from stjepa.preflight import check_train_config
     from stjepa.probe_job import check_probe_config
 
     overrides = ["logger=wandb"] + (["ckpt=/nope.ckpt"] if config_name == "probe" else [])
@@ -133,7 +133,7 @@ def class_folders(tmp_path):
 @pytest.mark.parametrize("key", ["train_manifest", "train_root"])
 def test_a_missing_image_folder_is_named_by_its_key(tmp_path, key):
     cfg = compose_config(tmp_path, ["data=images", "model.version=2.1", f"data.{key}={tmp_path / 'nope'}"])
-    from stjepa.config import check_train_config, instantiate_checked
+    from stjepa.preflight import check_train_config, instantiate_checked
 
     check_train_config(cfg)
     with pytest.raises(ManifestError) as info:
@@ -151,7 +151,7 @@ def test_a_missing_video_manifest_is_named_by_its_key(tmp_path):
 
 
 def test_images_take_train_manifest_and_their_earlier_name_alike(tmp_path, class_folders):
-    from stjepa.config import check_train_config, instantiate_checked
+    from stjepa.preflight import check_train_config, instantiate_checked
 
     modules = []
     for key in ("train_manifest", "train_root"):
@@ -206,7 +206,7 @@ def stjepa_imports(path: Path) -> set[str]:
 
 def test_the_data_layer_does_not_import_the_config_checker():
     for path in (ROOT / "stjepa" / "data").glob("*.py"):
-        assert not any(n.startswith("stjepa.config") for n in stjepa_imports(path)), path
+        assert not any(n.startswith("stjepa.preflight") for n in stjepa_imports(path)), path
     assert stjepa_imports(ROOT / "stjepa" / "checks.py") == {"stjepa.errors"}
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stjepa.models import AreaSplits, AttentionConfig, vit
+from stjepa.models import AreaSplits, AttentionSettings, vit
 from stjepa.models.kinds.area import AreaKind, shifted_area_index
 from stjepa.models.grid import gather_tokens, grid_positions
 from stjepa.models.rope import RopeTables
@@ -84,7 +84,7 @@ def test_encoder_alternates_plain_and_shifted_areas_in_its_area_layers():
     torch.manual_seed(0)
     attention = dict(temporal_splits=2, height_splits=2, width_splits=2, shift=True, area_end=3)
     model = vit("vit_tiny", img_size=96, num_frames=8, depth=4, attention=attention).double()
-    assert AttentionConfig.create(attention).tag == "area-t2h2w2-shift-L0:3"
+    assert AttentionSettings.create(attention).tag == "area-t2h2w2-shift-L0:3"
     grid = (4, 6, 6)
     x = torch.randn(2, 3, 8, 96, 96, dtype=F64)
     ids = sparse_ids(grid, 2, 60, seed=9)

@@ -3,7 +3,7 @@ hand, and an explicit masked softmax."""
 import pytest
 import torch
 
-from stjepa.models import ArgumentError, AttentionConfig, vit
+from stjepa.models import ArgumentError, AttentionSettings, vit
 from stjepa.models.kinds.sliding_tile import SlidingTileKind
 from test_neighborhood import F64, assert_same_attention, natten_cells, reference_attention, sparse_ids
 
@@ -75,7 +75,7 @@ def test_a_tile_window_covering_the_grid_is_full_attention():
     x = torch.randn(2, 3, 6, 96, 96, dtype=F64)
     masks = sparse_ids((3, 6, 6), 2, 50, seed=6)
     torch.testing.assert_close(local(x, masks), full(x, masks))
-    assert AttentionConfig.create(dict(kind="sliding_tile", tile=[1, 2, 2], tile_window=[3, 3, 3])).tag.startswith(
+    assert AttentionSettings.create(dict(kind="sliding_tile", tile=[1, 2, 2], tile_window=[3, 3, 3])).tag.startswith(
         "sta1x2x2w3x3x3-")
 
 

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import open_dict, read_write
 from train_helpers import FAST, ROOT, compose_config, run_script
 
-from stjepa.config import check_train_config
+from stjepa.preflight import check_train_config
 from stjepa.errors import ConfigError
 from stjepa.sweep_check import CheckSweep, as_job, job_check, job_label, sweep_jobs, swept_keys
 

@@ -3,7 +3,7 @@ list of positions, block means and the top-k choice written as loops, an explici
 import pytest
 import torch
 
-from stjepa.models import ArgumentError, AttentionConfig, vit
+from stjepa.models import ArgumentError, AttentionSettings, vit
 from stjepa.models.kinds.topk_blocks import TopkBlocksKind
 from test_neighborhood import F64, assert_same_attention, reference_attention, sparse_ids
 
@@ -115,4 +115,4 @@ def test_a_few_blocks_is_local_attention_in_the_encoder():
 ])
 def test_bad_settings_are_refused_naming_the_key(settings, message):
     with pytest.raises(ArgumentError, match=message):
-        AttentionConfig.create(dict(kind="topk_blocks", **settings)).validate(4, (4, 4, 4))
+        AttentionSettings.create(dict(kind="topk_blocks", **settings)).validate(4, (4, 4, 4))

@@ -262,7 +262,7 @@ def test_probe_py_probes_a_2_1_checkpoint_on_all_levels(tmp_path):
 def test_init_from_an_official_2_1_file_starts_from_its_weights(official, tmp_path):
     """model.init_from anneals from a 2.1 training file; a predictor file with another level
     count is refused in one sentence."""
-    from stjepa.config import instantiate_checked as instantiate
+    from stjepa.preflight import instantiate_checked as instantiate
     from train_helpers import compose_config
 
     path = tmp_path / "latest.pt"

@@ -106,7 +106,7 @@ class MixtureDataModule(L.LightningDataModule):
     the model and the config checks (conf/data/mixture.yaml interpolates them); the sources
     read their own."""
 
-    modality = "mixture"  # each source has its own (stjepa.config.data_modalities reads them)
+    modality = "mixture"  # each source has its own (stjepa.preflight.data_modalities reads them)
 
     def __init__(self, sources: Mapping[str, VideoDataModule], weights: Mapping[str, float],
                  rank_ratio: float | None = None, seed: int = 0, num_workers: int = 0,

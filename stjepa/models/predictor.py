@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .attention_config import AttentionConfig
+from .attention_settings import AttentionSettings
 from .layers import Block
 from .arguments import ArgumentError, one_of, positive_int
 from .grid import Grid, check_indices
@@ -50,7 +50,7 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         init_std: float = 0.02,
         num_mask_tokens: int = 10,
         zero_init_mask_tokens: bool = True,
-        attention: AttentionConfig | Mapping[str, Any] | None = None,
+        attention: AttentionSettings | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
         version: str = DEFAULT_VERSION,
         levels: int | None = None,

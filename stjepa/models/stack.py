@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .attention_config import AttentionConfig
+from .attention_settings import AttentionSettings
 from .grid import Grid, gather_tokens, grid_positions
 from .kinds import LocalLayout
 from .rope import VJEPA2_ROPE, RopeStyle, RopeTables
@@ -29,10 +29,10 @@ class AttentionLayoutMixin:
         t = max(self.num_frames // self.tubelet_size, 1)
         return (t, self.img_size // self.patch_size, self.img_size // self.patch_size)
 
-    def set_attention(self, attention: "AttentionConfig | dict | None") -> None:
+    def set_attention(self, attention: "AttentionSettings | dict | None") -> None:
         """Choose the attention layout (validated against depth and grid); parameters are unaffected.
         ``layer_entries`` holds, per layer, the entry whose local attention it uses (None: global)."""
-        config = AttentionConfig.create(attention)
+        config = AttentionSettings.create(attention)
         layers = config.layers(self.depth)
         config.validate(self.depth, self.default_grid)
         self.attention, self.layer_entries = config, layers
@@ -48,8 +48,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 T = TypeVar("T")
 
 
-def in_turn(layer_entries: Sequence[AttentionConfig | None],
-            per_entry: Callable[[AttentionConfig], Sequence[T]]) -> list[T | None]:
+def in_turn(layer_entries: Sequence[AttentionSettings | None],
+            per_entry: Callable[[AttentionSettings], Sequence[T]]) -> list[T | None]:
     """For each layer, None where it is global, else the next of its entry's values in turn:
     ``per_entry`` is computed once per entry (this config or a stage), and that entry's layers
     take its values in turn (one value for most kinds; shifted areas alternate two). The one
@@ -79,12 +79,12 @@ class LayerLayout:
     layout: LocalLayout
 
 
-def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionConfig | None]) -> list[LayerLayout | None]:
+def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionSettings | None]) -> list[LayerLayout | None]:
     """What :func:`run_blocks` does once per forward before the blocks: for every layer, None
     (global) or its :class:`LayerLayout` for tokens at ``ids`` (B, N); each entry's kind
     prepares once."""
 
-    def prepare(entry: AttentionConfig) -> list[LayerLayout]:
+    def prepare(entry: AttentionSettings) -> list[LayerLayout]:
         order, layouts = entry.built_kind.prepare(ids, grid, entry.backend)
         return [LayerLayout(order, layout) for layout in layouts]
 
@@ -96,7 +96,7 @@ def run_blocks(
     x: Tensor,
     ids: Tensor,
     grid: Grid,
-    layer_entries: Sequence[AttentionConfig | None],
+    layer_entries: Sequence[AttentionSettings | None],
     head_dim: int,
     sort_by_position: bool = False,
     activation_checkpointing: bool = False,

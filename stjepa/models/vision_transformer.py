@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .attention_config import AttentionConfig
+from .attention_settings import AttentionSettings
 from .layers import Block, PatchEmbed3D
 from .arguments import ArgumentError, one_of
 from .grid import Grid, check_indices, gather_tokens, token_grid
@@ -80,7 +80,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         use_swiglu: bool = False,
         norm_eps: float = 1e-6,
         init_std: float = 0.02,
-        attention: AttentionConfig | Mapping[str, Any] | None = None,
+        attention: AttentionSettings | Mapping[str, Any] | None = None,
         use_activation_checkpointing: bool = False,
         version: str = DEFAULT_VERSION,
         interpolate_rope: bool | None = None,

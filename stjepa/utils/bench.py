@@ -76,7 +76,7 @@ def attention_settings(layout: str, backend: str = "auto", predictor_area: bool 
 
 
 def splits_tag(attention) -> str:
-    """An :class:`~stjepa.models.AttentionConfig`'s area splits as 't2h2w2' ('-' for kinds without splits)."""
+    """An :class:`~stjepa.models.AttentionSettings`'s area splits as 't2h2w2' ('-' for kinds without splits)."""
     splits = getattr(attention.built_kind, "splits", None)
     return "-" if splits is None else splits.tag
 
@@ -187,7 +187,7 @@ def compose_train_config(overrides: list[str] | tuple[str, ...] = ()) -> DictCon
 def build_pretrain_module(model: dict, attention: dict, crop: int, frames: int, compile: bool | str = False):
     """``JEPAPretrainModule`` as train.py instantiates it, from ``cfg.module`` of the composed
     config with ``model`` and ``attention`` set over their groups; ``optim`` is conf/train.yaml's."""
-    from ..config import instantiate_checked
+    from ..preflight import instantiate_checked
 
     cfg = compose_train_config([f"data.crop_size={crop}", f"data.frames_per_clip={frames}",
                                 f"compile={str(compile).lower()}"])

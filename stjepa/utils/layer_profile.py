@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..model_config import build_encoder
+from ..networks import build_encoder
 from .bench import attention_settings, autocast, draw_masks, free_memory, pyplot, splits_tag
 from .timing import describe_device, git_commit, time_ms
 

@@ -87,7 +87,7 @@ class AreaLayout:
     ``area`` is (B, N) area ids in the order the tokens have when attention runs. All
     backends but ``dense`` need that order to be area-sorted (each area contiguous).
     ``backend`` is one of :data:`BACKENDS` (checked where layouts are configured, by
-    :class:`~stjepa.models.attention_config.AttentionConfig`). ``reorder`` (optional, (B, N))
+    :class:`~stjepa.models.attention_settings.AttentionSettings`). ``reorder`` (optional, (B, N))
     makes attention sort by area itself and restore the order afterwards, in every layer: the
     published ST-A² behaviour, kept for comparison and tests.
     """

@@ -20,7 +20,7 @@ DEFAULT_AREA_FRACTION = 18 / 24  # ST-A²: local layers [0, 18) of a 24-layer Vi
 
 def attention_keys() -> frozenset[str]:
     """Every key an attention mapping may hold: an entry's fields and every kind's settings."""
-    return frozenset(f.name for f in fields(AttentionConfig)) - {"settings"} | frozenset(
+    return frozenset(f.name for f in fields(AttentionSettings)) - {"settings"} | frozenset(
         name for kind in find_kinds().values() for name in kind_settings(kind))
 
 
@@ -29,7 +29,7 @@ def _article(word: str) -> str:
 
 
 @dataclass
-class AttentionConfig:
+class AttentionSettings:
     """Attention layout of one transformer (encoder or predictor).
 
     ``kind`` names the local attention (a module of :mod:`stjepa.models.kinds`, e.g. ``area``
@@ -45,15 +45,15 @@ class AttentionConfig:
     area_end: int | None = None
     area_layers: Sequence[int] | None = None
     backend: str = "auto"
-    stages: tuple["AttentionConfig", ...] = ()
+    stages: tuple["AttentionSettings", ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, value: "AttentionConfig | Mapping[str, Any] | None") -> "AttentionConfig":
+    def create(cls, value: "AttentionSettings | Mapping[str, Any] | None") -> "AttentionSettings":
         """An entry from an attention mapping (the config's keys; null ones are not in use)."""
         if value is None:
             return cls()
-        if isinstance(value, AttentionConfig):
+        if isinstance(value, AttentionSettings):
             return value
         own = [f.name for f in fields(cls) if f.name != "settings"]
         kwargs = dict(value)
@@ -72,7 +72,7 @@ class AttentionConfig:
         return cls(**kwargs, settings=settings)
 
     @classmethod
-    def _stage(cls, index: int, stage: Any) -> "AttentionConfig":
+    def _stage(cls, index: int, stage: Any) -> "AttentionSettings":
         """One entry of ``stages``; its errors name it (``stages.1.window``)."""
         if not isinstance(stage, Mapping) or "stages" in stage or "kind" not in stage:
             raise ArgumentError("{stages} entries are mappings of attention settings with a kind (kind, its "
@@ -117,7 +117,7 @@ class AttentionConfig:
         return self.restricts_own_layers or any(stage.has_local_layers for stage in self.stages)
 
     @property
-    def entries(self) -> tuple["AttentionConfig", ...]:
+    def entries(self) -> tuple["AttentionSettings", ...]:
         """This entry and its stages."""
         return (self, *self.stages)
 
@@ -142,11 +142,11 @@ class AttentionConfig:
                 except ArgumentError as exc:
                     raise exc.within(f"stages.{i - 1}." if i else "") from None
 
-    def layers(self, depth: int) -> tuple["AttentionConfig | None", ...]:
+    def layers(self, depth: int) -> tuple["AttentionSettings | None", ...]:
         """For each layer, the entry (this one or a stage) whose local attention it uses; None
         for global layers."""
         self.validate(depth)
-        out: list[AttentionConfig | None] = [None] * depth
+        out: list[AttentionSettings | None] = [None] * depth
         for entry in self.entries:
             for layer in entry._own_layers(depth):
                 if out[layer] is not None:

@@ -1,7 +1,7 @@
 """Checks of a composed config before any expensive work. Each problem is one sentence that
 names the key and what is allowed. Model and attention settings are checked by building the
 encoder and predictor on the meta device (no memory, no time): their constructors are the
-one place those rules live, and :mod:`stjepa.model_config` names the keys."""
+one place those rules live, and :mod:`stjepa.networks` names the keys."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ from .data.manifests import RENAMED_KEYS
 from .data.masks import MaskSpec
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
-from .model_config import RunAttention, build_encoder, build_predictor
+from .networks import RunAttention, build_encoder, build_predictor
 from .models.arguments import ArgumentError
 from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
-from .models import ArgumentError, AttentionConfig, VisionTransformer, VisionTransformerPredictor, vit
-from .models.attention_config import attention_keys
+from .models import ArgumentError, AttentionSettings, VisionTransformer, VisionTransformerPredictor, vit
+from .models.attention_settings import attention_keys
 
 T = TypeVar("T")
 
@@ -41,8 +41,8 @@ class RunAttention:
     the layouts built from it. Errors name the user's keys (``attention.predictor.area_end``)."""
 
     group: dict
-    encoder: AttentionConfig
-    predictor: AttentionConfig
+    encoder: AttentionSettings
+    predictor: AttentionSettings
 
     @classmethod
     def create(cls, attention: "RunAttention | Mapping[str, Any] | None") -> "RunAttention":
@@ -50,8 +50,8 @@ class RunAttention:
             return attention
         group = dict(attention or {})
         encoder, predictor = split_attention(group)
-        return cls(group, in_config_terms("encoder", lambda: AttentionConfig.create(encoder)),
-                   in_config_terms("predictor", lambda: AttentionConfig.create(predictor)))
+        return cls(group, in_config_terms("encoder", lambda: AttentionSettings.create(encoder)),
+                   in_config_terms("predictor", lambda: AttentionSettings.create(predictor)))
 
     @classmethod
     def from_checkpoint(cls, attention: Mapping[str, Any] | None) -> "RunAttention":
