@@ -12,7 +12,7 @@ from stjepa.errors import CheckpointError
 from stjepa.models import vit
 from stjepa.probe_module import MultiHeadProbe, average_views
 from stjepa.weights import export_official, load_encoder
-from train_helpers import compose_config, run_script, run_train
+from train_helpers import compose_config, exit_in_process, run_script, run_train
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +242,7 @@ def test_probe_yaml_settings_override_the_group_defaults(tmp_path):
     assert cfg.trainer.max_steps == 7
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overrides, last_line", [
+PROBE_BAD_INPUT = [  # (command line, last stderr line)
     ([], "error: give either ckpt=path/to/last.ckpt (one checkpoint) or sweep=path/to/multirun (every job of a "
          "train.py -m sweep), not neither."),
     (["ckpt=OFFICIAL", "model=vit_tiny", "probe.num_heads=5"], "error: probe.num_heads=5 does not divide the encoder width 192."),
@@ -251,7 +250,19 @@ def test_probe_yaml_settings_override_the_group_defaults(tmp_path):
                         "model.size=vit_large; add model=vit_tiny."),
     (["ckpt=OFFICIAL", "model=vit_tiny", "probe.num_probe_blocks=0"],
      "error: probe.num_probe_blocks=0 is not allowed; allowed values are integers >= 1."),
-])
+]
+
+
+@pytest.mark.parametrize("overrides, last_line", PROBE_BAD_INPUT)
+def test_probe_bad_input_exits_with_status_2_and_one_line(tmp_path, capsys, overrides, last_line):
+    official = official_pt(tmp_path, vit("vit_tiny", img_size=64, num_frames=8))
+    overrides = [o.replace("OFFICIAL", str(official)) for o in overrides]
+    status, err = exit_in_process(capsys, tmp_path, overrides, "probe")
+    assert status == 2 and err.strip().splitlines()[-1] == last_line.replace("OFFICIAL", str(official)), err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, last_line", PROBE_BAD_INPUT[2:3])
 def test_probe_py_bad_input_is_one_line_naming_the_key(tmp_path, overrides, last_line):
     official = official_pt(tmp_path, vit("vit_tiny", img_size=64, num_frames=8))
     overrides = [o.replace("OFFICIAL", str(official)) for o in overrides]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from train_helpers import FAST, ROOT, compose_config, read_metrics, run_script, run_train, series
+from train_helpers import FAST, ROOT, compose_config, exit_in_process, read_metrics, run_script, run_train, series
 from wandb_records import summarize
 
 
@@ -261,11 +261,17 @@ BAD_COMMANDS = [  # (command line, last stderr line)
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides, last_line", BAD_COMMANDS)
-def test_bad_commands_exit_before_work_with_one_line_and_leave_no_run_directory(tmp_path, overrides, last_line):
+def test_bad_commands_exit_with_status_2_and_one_line(tmp_path, capsys, overrides, last_line):
     if overrides == ["trainer=gpu"] and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    status, err = exit_in_process(capsys, tmp_path, overrides)
+    assert status == 2 and err.strip().splitlines()[-1].startswith(last_line), err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, last_line", [BAD_COMMANDS[0], BAD_COMMANDS[3]])  # a config check, a typo
+def test_bad_commands_exit_before_work_with_one_line_and_leave_no_run_directory(tmp_path, overrides, last_line):
     run_dir = tmp_path / "run"
     out = run_script("train.py", *overrides, f"hydra.run.dir={run_dir}")
     assert out.returncode == 2, out.stderr[-2000:]

@@ -31,6 +31,22 @@ def compose_config(tmp_path, overrides=(), config_name="train"):
     return cfg
 
 
+def exit_in_process(capsys, tmp_path, overrides, config_name="train"):
+    """What ``python train.py|probe.py <overrides>`` does up to its exit, run in this process:
+    the command-line check, composing, and the job under ``run_or_exit``. Returns the exit
+    status and stderr. (Each entry keeps real command-line runs of the same cases too.)"""
+    import pytest
+
+    from stjepa.cli import check_command_line, run_or_exit
+    from stjepa.probe_job import probe
+    from stjepa.train_job import train
+
+    with pytest.raises(SystemExit) as exited:
+        check_command_line(list(overrides), ROOT / "conf", config_name)
+        run_or_exit(train if config_name == "train" else probe, compose_config(tmp_path, overrides, config_name))
+    return exited.value.code, capsys.readouterr().err
+
+
 def run_train(tmp_path, *overrides):
     from stjepa.train_job import train
 
