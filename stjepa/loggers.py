@@ -91,8 +91,9 @@ def build_loggers(cfg: DictConfig, attention: RunAttention | None) -> list[Any]:
             continue
         extra: dict[str, Any] = {}
         if is_wandb(settings):
-            layout = attention.tag if attention is not None else "full"
-            extra["name"] = settings.get("name") or cfg.get("run_name") or f"{cfg.model.size}-{layout}"
+            # a probe that keeps its checkpoint's layout names no layout (it is not the config's to say)
+            layout = f"-{attention.tag}" if attention is not None else ""
+            extra["name"] = settings.get("name") or cfg.get("run_name") or f"{cfg.model.size}{layout}"
             extra["group"] = settings.get("group") or sweep_group(cfg)
             extra["tags"] = [*(settings.get("tags") or []), *(attention.tags() if attention else []),
                              f"model:{cfg.model.size}"]

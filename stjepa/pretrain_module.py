@@ -62,8 +62,9 @@ class JEPAPretrainModule(L.LightningModule):
         if self.generation.context_loss and self.context_loss is None:
             raise ValueError("a V-JEPA 2.1 model needs the loss settings (context_weight, context_ramp, "
                              "distance_weighting).")
-        if init_weights_path(model):
-            load_pretraining_weights(init_weights_path(model), self.encoder, self.predictor, self.target_encoder)
+        init_from = init_weights_path(model)
+        if init_from:
+            load_pretraining_weights(init_from, self.encoder, self.predictor, self.target_encoder)
         self.compile_models = compile
         self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers
 
