@@ -22,6 +22,9 @@ from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
+# probe.method: a trained attentive pooling | a k-nearest-neighbour vote
+PROBE_METHODS = ("attentive", "knn")
+
 COMPILE_CHOICES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -208,8 +211,41 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
         if every is not None:
             check_int(every, f"callbacks.{name}.every_n_train_steps")
     check_callbacks(cfg)
+    if cfg.get("probe_after"):
+        check_probe_after(cfg)
     check_launch(cfg)
     return attention
+
+
+def check_probe_settings(p: DictConfig, key: str) -> None:
+    """The values of a probe group (``probe``, or train.py's ``probe_after``; ``key`` names it)."""
+    method = p.get("method", "attentive")
+    if method not in PROBE_METHODS:
+        raise ConfigError(f"{key}.method={method!r} is not known; allowed values are {', '.join(PROBE_METHODS)} "
+                          f"({key.split('.')[0]}=knn selects the k-NN).")
+    if method == "knn":
+        check_int(p.get("k"), f"{key}.k")
+        if not (isinstance(p.get("temperature"), (int, float)) and p.temperature > 0):
+            raise ConfigError(f"{key}.temperature={p.get('temperature')!r} is not allowed; give a number > 0 "
+                              f"(DINO's vote uses 0.07).")
+    if not p.lrs or not p.weight_decays:
+        raise ConfigError(f"{key}.lrs and {key}.weight_decays must each hold at least one value.")
+    if any(v <= 0 for v in p.lrs) or any(v < 0 for v in p.weight_decays):
+        raise ConfigError(f"{key}.lrs must be > 0 and {key}.weight_decays >= 0.")
+    for name in ("num_probe_blocks", "num_heads", "max_steps"):
+        check_int(p.get(name), f"{key}.{name}")
+
+
+def check_probe_after(cfg: DictConfig) -> None:
+    """train.py probe_after=...: the probe a run makes of its own last checkpoint when it ends."""
+    if data_modality(cfg.data) == "mixture":
+        raise ConfigError("probe_after probes on one data source and this run trains on data=mixture; drop "
+                          "probe_after and probe each source with probe.py ckpt=<run>/checkpoints/last.ckpt "
+                          "data=<source>.")
+    if not OmegaConf.select(cfg, "callbacks.last_checkpoint"):
+        raise ConfigError("probe_after probes the run's last.ckpt, which callbacks.last_checkpoint=null turns off; "
+                          "keep callbacks.last_checkpoint or drop probe_after.")
+    check_probe_settings(cfg.probe_after, "probe_after")
 
 
 def check_callbacks(cfg: DictConfig) -> None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint_io import atomic_write_text
 from .checks import check_int
-from .preflight import check_common, check_machine, data_modality, instantiate_checked, plain
+from .preflight import check_common, check_machine, check_probe_settings, data_modality, instantiate_checked, plain
 from .errors import ConfigError
 from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
@@ -30,7 +30,6 @@ from .wandb_runs import training_run_of, write_summary
 from .weights import load_encoder
 
 RESULTS_FILE = "results.json"
-METHODS = ("attentive", "knn")
 
 
 class KNNProbe:
@@ -78,22 +77,7 @@ def check_probe_config(cfg: DictConfig) -> None:
                           "of a train.py -m sweep), not " + ("both." if cfg.get("ckpt") else "neither."))
     if cfg.get("ckpt") is not None and not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
-    p = cfg.probe
-    method = p.get("method", "attentive")
-    if method not in METHODS:
-        raise ConfigError(f"probe.method={method!r} is not known; allowed values are {', '.join(METHODS)} "
-                          f"(probe=knn selects the k-NN).")
-    if method == "knn":
-        check_int(p.get("k"), "probe.k")
-        if not (isinstance(p.get("temperature"), (int, float)) and p.temperature > 0):
-            raise ConfigError(f"probe.temperature={p.get('temperature')!r} is not allowed; give a number > 0 "
-                              f"(DINO's vote uses 0.07).")
-    if not p.lrs or not p.weight_decays:
-        raise ConfigError("probe.lrs and probe.weight_decays must each hold at least one value.")
-    if any(v <= 0 for v in p.lrs) or any(v < 0 for v in p.weight_decays):
-        raise ConfigError("probe.lrs must be > 0 and probe.weight_decays >= 0.")
-    for key in ("num_probe_blocks", "num_heads"):
-        check_int(p.get(key), f"probe.{key}")
+    check_probe_settings(cfg.probe, "probe")
     check_int(cfg.trainer.get("max_steps"), "trainer.max_steps")
     check_int(cfg.data.get("batch_size"), "data.batch_size")
     check_int(cfg.data.get("frames_per_clip"), "data.frames_per_clip")

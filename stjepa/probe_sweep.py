@@ -1,5 +1,6 @@
 """Probe every finished job of a training sweep with one set of probe settings:
-``python probe.py sweep=<multirun folder> [probe keys ...]``.
+``python probe.py sweep=<multirun folder> [probe keys ...]``; or let each training job probe
+itself when it ends: ``python train.py -m ... probe_after=default|knn|thorough``.
 
 Each job's probe goes to ``<job>/<probe_dir>/`` (``probe``, or ``probe_random`` for
 ``probe.random_init=true``), with ``results.json`` written last and whole, holding the probe
@@ -8,13 +9,20 @@ training seed, so they vary over seeds as the pretrained rows do. A job whose fo
 holds results with the same settings is skipped, so the command finishes an interrupted sweep
 when run again; results with other settings in that folder refuse the sweep before any work
 (give another ``probe_dir``). Unfinished jobs are listed and not probed; a job that fails is
-reported and the others go on."""
+reported and the others go on.
+
+``probe_after`` composes probe.py's config around the run: its defaults (seed, trainer and
+logger sections), the run's own data config as it is (batch size and validation clips included),
+the run's trainer, logger and paths choices, and ``probe_after`` as the ``probe`` group. The
+result lands where ``probe.py sweep=`` would put it, with the same settings as that command given
+the run's data keys, so the two finish each other's work."""
 from __future__ import annotations
 
 import copy
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import rich
@@ -50,28 +58,71 @@ def earlier_results(job: Job, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def earlier_probe(folder: Path, settings: dict, label: str,
+                  remedy: str = "give probe_dir=<another name> to keep both, or delete that folder") -> dict | None:
+    """The results already in a probe folder (None if there are none); refused if they were made
+    with other settings."""
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    differs = first_difference(earlier.get("settings") or {}, settings)
+    if differs:
+        raise ConfigError(f"{label} was already probed into {folder} with other settings ({differs} differs); "
+                          f"{remedy}.")
+    return earlier
+
+
 def check_earlier_probes(jobs: list[Job], name: str, settings: dict) -> None:
     """Results already in a job's probe folder must have been made with these settings."""
     for job in jobs:
-        earlier = earlier_results(job, name)
-        if earlier is None:
-            continue
-        differs = first_difference(earlier.get("settings") or {}, settings)
-        if differs:
-            raise ConfigError(f"{job.label} was already probed into {job.folder / name} with other settings "
-                              f"({differs} differs); give probe_dir=<another name> to keep both, or delete that "
-                              f"folder.")
+        earlier_probe(job.folder / name, settings, job.label)
+
+
+def checkpoint_config(cfg: DictConfig, checkpoint: Path, folder: Path, train_seed: int) -> DictConfig:
+    """``cfg`` set to probe one training job's ``checkpoint`` into ``folder``."""
+    job_cfg = copy.deepcopy(cfg)
+    with open_dict(job_cfg):
+        job_cfg.ckpt, job_cfg.sweep = str(checkpoint), None
+        job_cfg.paths.output_dir = str(folder)
+        job_cfg.print_config = False
+        if cfg.probe.random_init and cfg.probe.get("init_seed") is None:
+            job_cfg.probe.init_seed = int(train_seed)  # each seed's baseline is its own random network
+    return job_cfg
 
 
 def job_config(cfg: DictConfig, job: Job, name: str) -> DictConfig:
-    job_cfg = copy.deepcopy(cfg)
-    with open_dict(job_cfg):
-        job_cfg.ckpt, job_cfg.sweep = str(job.checkpoint), None
-        job_cfg.paths.output_dir = str(job.folder / name)
-        job_cfg.print_config = False
-        if cfg.probe.random_init and cfg.probe.get("init_seed") is None:
-            job_cfg.probe.init_seed = int(job.seed)  # each seed's baseline is its own random network
-    return job_cfg
+    return checkpoint_config(cfg, job.checkpoint, job.folder / name, job.seed)
+
+
+def probe_after_config(run_cfg: DictConfig) -> DictConfig:
+    """The probe.py config with which a training run probes its own last.ckpt (module docstring)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    groups = [f"{group}={choices[group]}" for group in ("trainer", "logger", "paths") if choices.get(group)]
+    cfg = compose("probe", overrides=["~data", *groups])
+    with open_dict(cfg):
+        cfg.data = copy.deepcopy(run_cfg.data)
+        cfg.probe = copy.deepcopy(run_cfg.probe_after)
+        cfg.tags = list(run_cfg.get("tags") or [])
+    run = Path(run_cfg.paths.output_dir)
+    return checkpoint_config(cfg, run / "checkpoints" / "last.ckpt", run / probe_dir_name(cfg), run_cfg.seed)
+
+
+def probe_after_training(run_cfg: DictConfig) -> dict[str, Any] | None:
+    """Probe a finished run's last.ckpt as ``probe_after`` asks; its earlier results with the same
+    settings are kept (a re-run of a finished job probes only if it was not probed yet)."""
+    cfg = probe_after_config(run_cfg)
+    folder = Path(cfg.paths.output_dir)
+    earlier = earlier_probe(folder, probe_settings(cfg), f"this run ({folder.parent})",
+                            "delete that folder to probe the run again with probe_after")
+    if earlier is not None:
+        rich.print(f"probe_after: {folder / RESULTS_FILE} holds this probe already; kept.")
+        return earlier
+    rich.print(f"[bold]probe_after[/bold]: probing {cfg.ckpt} into {folder}")
+    return probe(cfg)
 
 
 def probe_sweep(cfg: DictConfig) -> dict[str, Any]:

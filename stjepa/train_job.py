@@ -114,12 +114,16 @@ def mask_sets(cfg: DictConfig, generation: Generation) -> dict[str, list[dict]]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    from .probe_sweep import probe_after_training  # the probe modules import this one
+
     quiet_lightning()
     attention = check_train_config(cfg)
     check_machine(cfg.trainer)
     ckpt_path = find_resume_checkpoint(cfg)
     max_steps, done = cfg.trainer.get("max_steps", -1), completed_step(ckpt_path) if ckpt_path else 0
     if 0 < max_steps <= done:
+        if cfg.get("probe_after") and is_launching_process():  # a job killed while it probed: finish that
+            return {"global_step": done, "last_ckpt": ckpt_path, "probe": probe_after_training(cfg)}
         raise RunComplete(f"the run is complete: {ckpt_path} is at step {done} and trainer.max_steps={max_steps}; "
                           f"raise trainer.max_steps to train on.")
     if cfg.get("print_config", True) and is_launching_process():
@@ -155,4 +159,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = trainer.global_step
     metrics["last_ckpt"] = str(checkpoint_dir / "last.ckpt")
+    if cfg.get("probe_after") and trainer.is_global_zero and is_launching_process():
+        metrics["probe"] = probe_after_training(cfg)
     return metrics

@@ -122,3 +122,53 @@ def test_probe_py_sweep_bad_input_is_one_line(tmp_path, args, message):
     out = run_script("probe.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1] == message.replace("NOWHERE", str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_probe_after_probes_each_job_as_probe_py_sweep_would_and_finishes_a_killed_probe(tmp_path):
+    sweep = tmp_path / "sweep"
+    after = ["probe_after=knn", "probe_after.encoder_key=encoder", "probe_after.k=5", "data.train_size=64",
+             "data.val_size=32"]
+    out = run_script("train.py", "-m", "seed=0,1", *FAST, "trainer.max_steps=2", *after,
+                     f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = {job: sweep / job / "probe_knn" / "results.json" for job in ("0", "1")}
+    assert all(p.is_file() for p in results.values())
+    for job, path in results.items():
+        saved = json.loads(path.read_text())
+        assert saved["ckpt"] == str(sweep / job / "checkpoints" / "last.ckpt")
+        assert saved["method"] == "knn" and saved["encoder_key"] == "encoder" and saved["best"]["k"] == 5
+        # the run's own data: its 64 training clips are the bank, its 32 validation clips the queries
+        assert saved["heads"][0]["train_clips"] == 64 and saved["heads"][0]["val_clips"] == 32
+    stamps = {job: p.stat().st_mtime_ns for job, p in results.items()}
+
+    # the same probe through probe.py sweep= finds both jobs probed alike and leaves them alone
+    again = run_script("probe.py", f"sweep={sweep}", "probe=knn", "probe.encoder_key=encoder", "probe.k=5",
+                       "data.train_size=64", "data.val_size=32", "data.batch_size=8", "data.num_workers=0",
+                       "print_config=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already probed") == 2, again.stdout[-2000:]
+    assert {job: p.stat().st_mtime_ns for job, p in results.items()} == stamps
+
+    # a job killed while it probed (no results.json): the same command with resume=true probes it only
+    results["1"].unlink()
+    rerun = run_script("train.py", "seed=1", *FAST, "trainer.max_steps=2", *after, "resume=true",
+                       f"hydra.run.dir={sweep / '1'}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert results["1"].is_file() and "Resuming" not in rerun.stderr + rerun.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["probe_after=knn", "probe_after.k=0"], "probe_after.k=0 is not allowed; allowed values are integers >= 1."),
+    (["probe_after=default", "probe_after.lrs=[]"],
+     "probe_after.lrs and probe_after.weight_decays must each hold at least one value."),
+    (["probe_after=knn", "callbacks.last_checkpoint=null"],
+     "probe_after probes the run's last.ckpt, which callbacks.last_checkpoint=null turns off; keep "
+     "callbacks.last_checkpoint or drop probe_after."),
+])
+def test_a_bad_probe_after_is_refused_before_training(tmp_path, capsys, overrides, message):
+    from train_helpers import exit_in_process
+
+    code, err = exit_in_process(capsys, tmp_path, [*FAST, *overrides])
+    assert code == 2 and err.strip().splitlines()[-1] == "error: " + message
+    assert not (tmp_path / "checkpoints").exists()
