@@ -2,6 +2,7 @@
 and a table in the terminal.
 
     python scripts/summarize_sweep.py logs/train/multiruns/<time>
+    python scripts/summarize_sweep.py <folder> --unfinished     # a sweep still running, as far as it got
 
 Probe the jobs first (python probe.py sweep=<same folder> ...) to fill the probe columns; random
 weight baselines come from python probe.py sweep=<folder> probe.random_init=true. From Python:
@@ -19,9 +20,12 @@ from stjepa.sweep_summary import (markdown, ranking_agreement, rich_table, signi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="the folder train.py -m wrote (logs/<task>/multiruns/<time>)")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="summarise jobs that have not finished (a sweep still running, or stopped early) up to "
+                             "their last logged step, in the groups, instead of leaving them out")
     args = parser.parse_args(argv)
     try:
-        summary = summarize_sweep(args.sweep)
+        summary = summarize_sweep(args.sweep, include_unfinished=args.unfinished)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

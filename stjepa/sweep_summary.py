@@ -180,11 +180,14 @@ def check_probed_alike(rows: list[dict], settings: dict[int, dict]) -> None:
                               f"probe them again alike (python probe.py sweep=... probe_dir=<new name>).")
 
 
-def summarize_sweep(folder: str | Path) -> SweepSummary:
+def summarize_sweep(folder: str | Path, include_unfinished: bool = False) -> SweepSummary:
     """Read a sweep folder into rows (one per job and probe folder) and groups; see the module
-    docstring. Refuses a folder that is not a sweep or a sweep whose jobs have all not finished."""
+    docstring. Refuses a folder that is not a sweep or a sweep whose jobs have all not finished.
+    ``include_unfinished``: a sweep still running (or stopped early) is summarised as far as its
+    jobs got, each unfinished one up to its last logged step, in the groups (its state says so)."""
     jobs = read_sweep(folder)
-    if not any(job.state == FINISHED for job in jobs):
+    summarised = [job for job in jobs if include_unfinished or job.state == FINISHED]
+    if not summarised:
         states = ", ".join(f"{job.label}: {job.describe_state()}" for job in jobs)
         raise ConfigError(f"no job of sweep {str(folder)!r} has finished training, so there is nothing to summarise "
                           f"({states}).")
@@ -196,19 +199,21 @@ def summarize_sweep(folder: str | Path) -> SweepSummary:
         base = {"job": job.num, "state": job.describe_state(), **{k: job.swept.get(k, "") for k in keys},
                 SEED_KEY: job.seed, "layout": attention.tag, "kind": attention.kind, "folder": str(job.folder)}
         train, run_curves = read_training_log(job)
-        probes = probe_results(job) if job.state == FINISHED else {}
+        probes = probe_results(job) if job in summarised else {}
         if job.state != FINISHED:
-            notes.append(f"{job.label} is {job.describe_state()}: listed, left out of the groups.")
+            notes.append(f"{job.label} is {job.describe_state()}: " + (
+                "summarised up to its last logged step." if job in summarised else "listed, left out of the groups."))
         for name, results in (probes or {"": None}).items():
             random = bool(results and results.get("random_init"))
-            row = {**base, "probe": name, "weights": "random" if random else "pretrained", **train,
+            row = {**base, "probe": name, "weights": "random" if random else "pretrained", "in_groups": job in summarised,
+                   **train,
                    **probe_columns(results)}
             if random:  # a random-weight baseline has no training of its own; its cost is the architecture's
                 row.update(train_loss_final=None, val_loss_final=None)
             rows.append(row)
             if results:
                 settings[id(row)] = results.get("settings") or {}
-        if job.state == FINISHED:
+        if job in summarised:
             curves.setdefault(tuple(f"{k}={base[k]}" for k in keys), []).append(run_curves)
     check_probed_alike(rows, settings)
     if not any(r["probe"] for r in rows):
@@ -221,7 +226,7 @@ def summarize_sweep(folder: str | Path) -> SweepSummary:
 def make_groups(rows: list[dict], keys: list[str]) -> list[Group]:
     groups: dict[tuple[str, ...], Group] = {}
     for row in rows:
-        if row["state"] != FINISHED:
+        if not row["in_groups"]:
             continue
         key = (*(f"{k}={row[k]}" for k in keys), row["probe"])
         groups.setdefault(key, Group(key, row["kind"], row["weights"])).rows.append(row)
@@ -311,7 +316,7 @@ def ranking_agreement(summary: SweepSummary) -> list[str]:
     if probe is None:
         return []
     lines = []
-    runs = [r for r in summary.rows if r["state"] == FINISHED and r["weights"] == "pretrained"
+    runs = [r for r in summary.rows if r["in_groups"] and r["weights"] == "pretrained"
             and r.get(probe) is not None and r.get("knn_top1_final") is not None]
     groups = [g for g in summary.groups if g.weights == "pretrained" and g.stats[probe][0] is not None
               and g.stats["knn_top1_final"][0] is not None]

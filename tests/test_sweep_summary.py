@@ -102,6 +102,21 @@ def test_rows_groups_and_statistics_by_hand(sweep):
     assert {g.label for g in summary.groups if g.pareto.get("step_time_median_s")} == {"attention=area_2x2"}
 
 
+def test_unfinished_jobs_join_their_group_only_when_asked(sweep):
+    summary = summarize_sweep(sweep, include_unfinished=True)
+    groups = {g.label: g for g in summary.groups}
+    # job 7 (area_2x2, seed 3, 40 of 100 steps, no probe) now forms the area group of jobs not probed
+    assert set(groups) == {"attention=full", "attention=area_2x2", "attention=nbhd_3x3x3",
+                           "attention=full random weights", "attention=area_2x2 (not probed)"}
+    late = groups["attention=area_2x2 (not probed)"]
+    assert [r["job"] for r in late.rows] == [7] and late.stats["train_loss_final"][2] == 1
+    assert groups["attention=area_2x2"].stats["probe_selected_top1"][2] == 3
+    assert any("job 7 (attention=area_2x2 seed=3) is unfinished (step 40 of 100): summarised up to its last logged "
+               "step." in n for n in summary.notes)
+    assert len(summary.curves[("attention=area_2x2",)]) == 4
+    assert len(summarize_sweep(sweep).curves[("attention=area_2x2",)]) == 3
+
+
 def test_pareto_front_by_hand():
     # (cost, accuracy): b is cheaper and better than a; c is dearer but best; d equals b (neither dominates)
     points = [(1.0, 0.3), (0.5, 0.4), (2.0, 0.5), (0.5, 0.4), (0.6, 0.35)]
