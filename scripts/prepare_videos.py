@@ -1,5 +1,5 @@
 """Prepare the videos of a manifest once for fast training: re-encode each to a short side of
-320 px (or --short-side, or keep) with a keyframe at least every 16 frames, in parallel
+320 px (or --short-side, or keep) with a keyframe at least every 32 frames, fast to decode, in parallel
 processes, resumable. Writes OUT/manifest.txt (same labels), OUT/prepare_report.tsv (broken and
 too-short videos named) and, for named labels, OUT/manifest_classes.json. The rules and the
 trade-off of each option: stjepa/data/prepare.py.

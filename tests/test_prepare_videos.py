@@ -38,7 +38,7 @@ from train_helpers import CHILD_TIMEOUT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ClipSpec(frames=16, fps=4.0, frame_step=4)  # conf/data/kinetics.yaml
-MAX_MEAN_ABS_LEVELS = 3.5  # measured 1.9 .. 2.6 (test_prepared_clip_differs_from_the_raw_clip_only_by_the_re_encode)
+MAX_MEAN_ABS_LEVELS = 4.5  # measured 2.5 .. 3.4 (test_prepared_clip_differs_from_the_raw_clip_only_by_the_re_encode)
 
 
 def sample_clip(name: str) -> str:
@@ -147,9 +147,9 @@ def test_prepared_files_have_the_size_rate_frames_and_keyframes_asked_for(source
         assert done["codec"] == "h264" and done["fps"] == pytest.approx(raw["fps"], rel=1e-3), name
         assert done["frames"] == raw["frames"] == len(decord.VideoReader(files[name])), name
         gaps = np.diff(done["keyframes"] + [done["frames"]])
-        assert done["keyframes"][0] == 0 and gaps.max() <= 16, (name, done["keyframes"])
-        if name == "bunny":  # the source has one keyframe in 132 frames
-            assert len(raw["keyframes"]) < len(done["keyframes"]) // 4
+        assert done["keyframes"][0] == 0 and gaps.max() <= PrepareSettings().keyframe_interval, (name, gaps)
+        if name == "bunny":  # the source has one keyframe in 132 frames: the gaps above are the preparation's
+            assert raw["keyframes"] == [0] and len(done["keyframes"]) >= 132 // PrepareSettings().keyframe_interval
 
 
 @pytest.mark.slow
@@ -157,8 +157,8 @@ def test_prepared_clip_differs_from_the_raw_clip_only_by_the_re_encode(sources, 
     """The same clip (same frames, same crop, same flip) from the raw and the prepared video, after
     the training transform at 224 px: the raw frames are first brought to the prepared size with
     an antialiased resize, so what is left is the re-encode (and the two resize filters).
-    Measured mean absolute difference (levels of 255, crf 20): 1.9 .. 2.2 for bigbuckbunny (720p ->
-    320p), 2.6 for carphone (176x144, re-encoded at its size)."""
+    Measured mean absolute difference (levels of 255, the default crf 23): 2.5 .. 2.8 for
+    bigbuckbunny (720p -> 320p), 3.3 .. 3.4 for carphone (176x144, re-encoded at its size)."""
     _, files, _ = sources
     out, _ = prepared
     rows = report_rows(out)
@@ -203,7 +203,7 @@ def test_frame_rate_conversion_takes_the_nearest_frame(sources, tmp_path):
     _, files, _ = sources
     listing = tmp_path / "one.txt"
     listing.write_text(f"{files['bunny']} 0\n")
-    prepare_manifest(listing, tmp_path / "out", CLIP, PrepareSettings(short_side=None, fps=10.0, crf=12))
+    prepare_manifest(listing, tmp_path / "out", CLIP, PrepareSettings(short_side=None, fps=10.0, crf=12))  # crf: closer
     path = tmp_path / "out" / "bigbuckbunny.mp4"
     facts = stream_facts(str(path))
     assert facts["fps"] == 10.0 and facts["frames"] == 53
@@ -275,7 +275,7 @@ def test_other_settings_on_a_prepared_folder_are_refused_before_any_work(sources
     listing.write_text(f"{files['h264']} 0\n")
     prepare_manifest(listing, tmp_path / "out", CLIP)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    with pytest.raises(ConfigError, match=r"was prepared with crf=20 .* not crf=30; resume with the same settings"):
+    with pytest.raises(ConfigError, match=r"was prepared with crf=23 .* not crf=30; resume with the same settings"):
         prepare_manifest(listing, tmp_path / "out", CLIP, PrepareSettings(crf=30))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
 

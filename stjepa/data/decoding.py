@@ -326,11 +326,14 @@ class PyAVReader(VideoReader):
                     self._frames = None
                     return found, first
             if index in wanted:
-                found[index] = frame.to_ndarray(format="rgb24")
+                found[index] = self._to_rgb(frame)
             if index >= hi:
                 return found, first
         self._frames = None  # end of stream
         return found, first
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24")
 
     def _seek_and_collect(
         self, lo: int, hi: int, wanted: set[int], from_start: bool
