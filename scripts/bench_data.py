@@ -83,20 +83,20 @@ def write_raw_videos(folder: Path, height: int, count: int, frames: int) -> list
     for i in range(count):
         with av.open(sample_clip(SAMPLE_CLIPS[i % len(SAMPLE_CLIPS)])) as src:
             rate = src.streams.video[0].average_rate
-            clip = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in src.decode(video=0)])
-        x = clip.permute(0, 3, 1, 2).float()
-        scale = max(height / x.shape[2], width / x.shape[3])  # cover, then centre-crop
-        x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
-        top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
-        x = x[:, :, top : top + height, left : left + width].round().clamp(0, 255).to(torch.uint8)
-        order = list(range(len(x))) + list(range(len(x) - 2, 0, -1))  # forwards, then backwards
+            clip = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in src.decode(video=0)]
+        order = list(range(len(clip))) + list(range(len(clip) - 2, 0, -1))  # forwards, then backwards
+        scale = max(height / clip[0].shape[1], width / clip[0].shape[2])  # cover, then centre-crop
         path = folder / f"raw{height}p_{i}.mp4"
         with av.open(str(path), "w") as out:
             stream = out.add_stream("libx264", rate=rate, options={"crf": "23", "preset": "veryfast",
                                                                    "x264-params": f"keyint={RAW_GOP}"})
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for j in range(frames):
-                frame = av.VideoFrame.from_ndarray(x[order[j % len(order)]].permute(1, 2, 0).numpy(), format="rgb24")
+                x = F.interpolate(clip[order[j % len(order)]][None].float(), scale_factor=scale, mode="bilinear",
+                                  antialias=True)[0]
+                top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
+                x = x[:, top : top + height, left : left + width].round().clamp(0, 255).to(torch.uint8)
+                frame = av.VideoFrame.from_ndarray(x.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
                 frame.pts, frame.time_base = j, 1 / Fraction(rate)
                 out.mux(stream.encode(frame))
             out.mux(stream.encode())
