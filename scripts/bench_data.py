@@ -8,7 +8,9 @@ keyframes, as in many Kinetics downloads). "Prepared": the same videos after
 ``scripts/prepare_videos.py`` with its defaults (stjepa/data/prepare.py), timed as it runs
 (videos/s per process).
 
-Then, per source size, with one process and one decoding thread as a DataLoader worker runs it:
+Then, per source size, with one process and one decoding thread as a DataLoader worker runs it
+(per-worker rates are 1 / the median CPU time per clip, raw and prepared timed in turns, so that
+other work on a shared machine does not count; the DataLoader rates are wall clock):
 
 * clips/s per worker for each decoder (decord, PyAV, torchcodec when its FFmpeg libraries load):
   decode the 16 frames of one clip at 4 fps, random resized crop to 256 px, flip, normalize;
@@ -116,15 +118,23 @@ def write_jpegs(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def cpu_seconds(tasks: dict, count: int) -> dict:
+    """Median CPU seconds (this process, one thread) of ``tasks[name](i)`` for i < ``count``,
+    after one warm-up call each. The tasks take turns item by item, so load from other work on
+    the machine falls on all of them alike, and CPU time leaves out the waits for a core."""
+    times = {name: [] for name in tasks}
+    for i in range(-1, count):
+        for name, task in tasks.items():
+            t0 = time.process_time()
+            task(max(i, 0))
+            if i >= 0:
+                times[name].append(time.process_time() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def time_items(dataset, count: int) -> float:
-    """Median seconds per item over ``count`` items after one warm-up item."""
-    dataset[0]
-    times = []
-    for i in range(count):
-        t0 = time.perf_counter()
-        dataset[i % len(dataset)]
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median CPU seconds per item of ``dataset`` over ``count`` items."""
+    return cpu_seconds({"items": lambda i: dataset[i % len(dataset)]}, count)["items"]
 
 
 def clip_dataset(paths, decoder: str) -> VideoClipDataset:
@@ -145,15 +155,13 @@ def clip_index_lists(paths, count: int) -> list[tuple[str, list[int]]]:
     return out
 
 
-def time_decode(open_reader, clips) -> float:
-    """Median seconds to open a video and decode one clip's frames (no transform), after a warm-up."""
-    times = []
-    for path, idx in clips[:1] + clips:
-        t0 = time.perf_counter()
+def decode_clip(open_reader, clips):
+    """A task for :func:`cpu_seconds`: open the video of clip i and decode its frames (no transform)."""
+    def task(i):
+        path, idx = clips[i % len(clips)]
         with open_reader(path) as reader:
             reader.get_frames(idx)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    return task
 
 
 class HalfSizeDecord(DecordReader):
@@ -224,27 +232,31 @@ def bench_size(tmp: Path, height: int, args, base: dict) -> list[dict]:
     raw = write_raw_videos(folder, height, args.videos, args.source_frames)
     listing = folder / "raw.txt"
     listing.write_text("".join(f"{p} 0\n" for p in raw))
-    summary = prepare_manifest(listing, folder / "prepared", CLIP)
+    cpu0 = time.process_time()
+    summary = prepare_manifest(listing, folder / "prepared", CLIP)  # one process: in this one
+    cpu = time.process_time() - cpu0
     prepared = [Path(o.output) for o in summary.outcomes]
     seconds = sum(o.seconds for o in summary.outcomes)
     with open_video(raw[0], "pyav") as probe:
         source = f"{probe.width}x{probe.height} H.264 GOP {RAW_GOP}, {args.source_frames} frames"
     size = dict(base, source=source, clip=f"{CLIP.frames} frames @ {CLIP.fps:g} fps, {CROP}px")
     rows.append(dict(size, part="prepare", variant="prepare_videos.py defaults",
-                     items_per_s=round(len(prepared) / seconds, 3), unit="videos/s per process"))
-    print(f"\n{source}: prepared {len(prepared)} videos in {seconds:.1f} s -> {len(prepared) / seconds:.2f} videos/s "
-          f"per process")
+                     items_per_s=round(len(prepared) / seconds, 3), unit="videos/s per process (wall clock)"))
+    rows.append(dict(size, part="prepare", variant="prepare_videos.py defaults",
+                     items_per_s=round(len(prepared) / cpu, 3), unit="videos/s per process (1 / CPU time)"))
+    print(f"\n{source}: prepared {len(prepared)} videos in {seconds:.1f} s ({cpu:.1f} s CPU) -> "
+          f"{len(prepared) / seconds:.2f} videos/s per process ({len(prepared) / cpu:.2f} by CPU time)")
     decoders = usable_decoders(args.decoders, str(raw[0]))
     for decoder in decoders:
-        rates = {}
-        for kind, paths in (("raw", raw), ("prepared", prepared)):
-            med = time_items(clip_dataset(paths, decoder), args.clips)
-            rates[kind] = 1.0 / med
+        datasets = {kind: clip_dataset(paths, decoder) for kind, paths in (("raw", raw), ("prepared", prepared))}
+        meds = cpu_seconds({kind: lambda i, ds=ds: ds[i % len(ds)] for kind, ds in datasets.items()}, args.clips)
+        rates = {kind: 1.0 / med for kind, med in meds.items()}
+        for kind, med in meds.items():
             rows.append(dict(size, part="clips per worker", decoder=decoder, variant=kind, median_ms=round(med * 1e3, 2),
-                             items_per_s=round(1.0 / med, 2), unit="clips/s per worker"))
+                             items_per_s=round(1.0 / med, 2), unit="clips/s per worker (1 / CPU time)"))
         ratio = rates["prepared"] / rates["raw"]
         rows[-1]["ratio_to_raw"] = round(ratio, 2)
-        print(f"{decoder:>10}: raw {rates['raw']:6.2f}, prepared {rates['prepared']:6.2f} clips/s per worker "
+        print(f"{decoder:>10}: raw {rates['raw']:6.2f}, prepared {rates['prepared']:6.2f} clips/s per worker (CPU) "
               f"-> {ratio:.1f}x")
     readers = {"pyav": lambda p: PyAVReader(p), "pyav, no skipping": lambda p: PyAVReader(p, skip_nonref=False),
                "pyav, half size": lambda p: HalfSizePyAV(p)}
@@ -255,16 +267,16 @@ def bench_size(tmp: Path, height: int, args, base: dict) -> list[dict]:
         readers.update({"decord": lambda p: DecordReader(p), "decord, half size": lambda p: HalfSizeDecord(p, sizes[p])})
     for kind, paths in (("raw", raw), ("prepared", prepared)):
         clips = clip_index_lists(paths, args.clips)
-        for name, open_reader in readers.items():
-            med = time_decode(open_reader, clips)
+        meds = cpu_seconds({name: decode_clip(open_reader, clips) for name, open_reader in readers.items()}, args.clips)
+        for name, med in meds.items():
             rows.append(dict(size, part="decode only", decoder=name, variant=kind, median_ms=round(med * 1e3, 2),
-                             items_per_s=round(1.0 / med, 2), unit="clips/s per worker"))
-            print(f"decode only, {kind:>8}, {name:>18}: {med * 1e3:8.1f} ms per clip")
+                             items_per_s=round(1.0 / med, 2), unit="clips/s per worker (1 / CPU time)"))
+            print(f"decode only, {kind:>8}, {name:>18}: {med * 1e3:8.1f} ms CPU per clip")
     for kind, paths in (("raw", raw), ("prepared", prepared)):
         for workers in args.workers:
             rate = loader_rate(paths, decoders[0], workers, args.loader_clips)
             rows.append(dict(size, part="DataLoader", decoder=decoders[0], variant=kind, workers=workers,
-                             items_per_s=round(rate, 2), unit="clips/s, batch 4"))
+                             items_per_s=round(rate, 2), unit="clips/s, batch 4 (wall clock)"))
             print(f"DataLoader, {kind:>8}, {decoders[0]}, {workers} workers: {rate:6.2f} clips/s")
     mad = mean_abs_levels(raw, prepared, args.quality_clips)
     rows.append(dict(size, part="quality", variant="prepared vs raw", mean_abs_levels=round(mad, 2),
@@ -299,7 +311,7 @@ def main(argv=None):
             med = time_items(ds, args.images)
             rows.append(dict(base, part="images per worker", decoder="pillow", source="500x375 JPEG q90",
                              clip=f"1 image, {CROP}px", median_ms=round(med * 1e3, 2), items_per_s=round(1.0 / med, 2),
-                             unit="images/s per worker"))
+                             unit="images/s per worker (1 / CPU time)"))
             print(f"{'pillow':>10}: {med * 1e3:7.1f} ms per image -> {1.0 / med:6.1f} images/s per worker")
     if args.csv:
         write_csv(rows, args.csv)
