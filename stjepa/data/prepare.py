@@ -264,7 +264,7 @@ def prepare_one(job: Job, settings: PrepareSettings, threads: int = 1) -> Outcom
 def plan_outputs(sources: Sequence[str], out_dir: str | os.PathLike) -> dict[str, str]:
     """source -> prepared path: the layout below the sources' common folder, ``.mp4`` names.
     Two sources that would share an output name are refused."""
-    unique = sorted(set(sources))
+    unique = list(dict.fromkeys(sources))  # manifest order: the videos are prepared in it
     root = os.path.commonpath([os.path.dirname(s) for s in unique])
     out_dir = os.path.abspath(out_dir)
     outputs = {s: os.path.join(out_dir, os.path.splitext(os.path.relpath(s, root))[0] + ".mp4") for s in unique}
