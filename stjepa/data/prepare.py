@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from ..errors import ConfigError, ManifestError
 from .clips import clip_span, frame_step_for
 from .decoding import VideoError, _reason, check_video_file
@@ -64,6 +64,7 @@ MANIFEST_NAME = "manifest.txt"
 LABEL_MAP_NAME = "manifest_classes.json"
 REPORT_NAME = "prepare_report.tsv"
 SETTINGS_NAME = "prepare_settings.json"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATUSES = ("ok", "short", "broken")  # short: fewer frames than one clip (kept; training pads or skips it)
 
 
@@ -86,9 +87,7 @@ class PrepareSettings:
         check_int(self.keyframe_interval, "keyframe_interval", 1)
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
             raise ConfigError(f"crf={self.crf!r} is not allowed; allowed values are integers 0..51 (libx264).")
-        presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-        if self.preset not in presets:
-            raise ConfigError(f"preset={self.preset!r} is not known; allowed values are {', '.join(presets)}.")
+        check_choice(self.preset, "preset", X264_PRESETS)
         return self
 
 
@@ -340,6 +339,8 @@ def prepare_manifest(
     through, ``on_done`` with each video's outcome.
     """
     settings.check()
+    check_int(clip.frames, "clip frames", 1)
+    check_int(clip.frame_step, "clip frame step", 1)
     check_int(processes, "processes", 1)
     check_int(threads, "threads", 0)
     source = read_manifest(manifest, video_root, split)  # refuses a bad manifest before any work
