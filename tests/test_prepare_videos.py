@@ -33,6 +33,7 @@ from stjepa.data.manifests import load_manifests  # noqa: E402
 from stjepa.data.prepare import ClipSpec, PrepareSettings, partial_path, prepare_manifest  # noqa: E402
 from stjepa.data.synthetic import MovingShapesDataset, render_clip  # noqa: E402
 from stjepa.data.transforms import IMAGENET_STD, TrainTransform  # noqa: E402
+from stjepa.data.video_dataset import VideoClipDataset  # noqa: E402
 from stjepa.errors import ConfigError, ManifestError  # noqa: E402
 from train_helpers import CHILD_TIMEOUT  # noqa: E402
 
@@ -118,6 +119,17 @@ def test_prepared_folder_is_a_manifest_with_the_same_labels(sources, prepared):
     for kind in ("truncated", "empty", "text", "missing"):  # named in the manifest as comments, not dropped
         assert f"# broken, not prepared: {files[kind]} {labels[kind]}: " in text
     assert not (out / "manifest_classes.json").exists()  # integer labels need no map
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_the_training_dataset_reads_the_prepared_manifest_without_a_bad_video(prepared, decoder):
+    out, _ = prepared
+    samples, _ = load_manifests(out / "manifest.txt")
+    ds = VideoClipDataset(samples, [str(out / "manifest.txt")], TrainTransform(64), frames_per_clip=16, fps=4.0,
+                          decoder=decoder)
+    for i in range(len(samples)):
+        item = ds[i]
+        assert item["video"].shape == (3, 16, 64, 64) and item["bad_videos"] == 0 and item["label"] == samples[i].label
 
 
 def test_report_names_broken_and_short_videos_with_their_reason(sources, prepared):
