@@ -292,14 +292,27 @@ def test_profile_layers_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_bench_data_reports_clips_and_images_per_worker(tmp_path):
+    pytest.importorskip("av")
     import bench_data
 
-    bench_data.main(["--decoders", "pyav", "--clips", "2", "--videos", "1", "--source-frames", "140",
-                     "--images", "3", "--csv", str(tmp_path / "data.csv")])
-    rows = {r["decoder"]: r for r in read_csv(tmp_path / "data.csv")}
-    assert set(rows) == {"pyav", "pillow"} and rows["pillow"]["clip"] == "1 image, 256px"
-    for row in rows.values():  # items/s is the inverse of the median time, both as written
-        assert float(row["items_per_s_per_worker"]) == pytest.approx(1000.0 / float(row["median_ms"]), rel=0.02)
+    bench_data.main(["--heights", "320", "--decoders", "pyav", "--clips", "2", "--videos", "1", "--source-frames", "140",
+                     "--workers", "1", "--loader-clips", "4", "--quality-clips", "1", "--images", "3",
+                     "--csv", str(tmp_path / "data.csv")])
+    rows = read_csv(tmp_path / "data.csv")
+    parts = [(r["part"], r.get("decoder", ""), r.get("variant", "")) for r in rows]
+    assert parts == [("prepare", "", "prepare_videos.py defaults")] * 2 + [
+        ("clips per worker", "pyav", "raw"), ("clips per worker", "pyav", "prepared")] + [
+        ("decode only", name, kind) for kind in ("raw", "prepared")
+        for name in ("pyav", "pyav, no skipping", "pyav, half size")] + [
+        ("DataLoader", "pyav", "raw"), ("DataLoader", "pyav", "prepared"), ("quality", "", "prepared vs raw"),
+        ("images per worker", "pillow", "")]
+    assert rows[0]["source"] == "568x320 H.264 GOP 250, 140 frames"
+    timed = [r for r in rows if r["median_ms"]]
+    for row in timed:  # items/s is the inverse of the median time, both as written
+        assert float(row["items_per_s"]) == pytest.approx(1000.0 / float(row["median_ms"]), rel=0.02)
+    ratio = float(rows[3]["ratio_to_raw"])
+    assert ratio == pytest.approx(float(rows[3]["items_per_s"]) / float(rows[2]["items_per_s"]), rel=0.02)
+    assert 0 < float(rows[-2]["mean_abs_levels"]) < 10
 
 
 @pytest.mark.slow

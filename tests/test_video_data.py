@@ -76,6 +76,20 @@ def test_train_and_eval_transform_shapes_and_normalization():
     assert views.shape == (3, 3, 4, 64, 64)
 
 
+def test_train_transform_matches_a_float_resize_within_rounding():
+    """The uint8 resize against torch's float path of the same crop (antialiased bilinear, then
+    normalize by hand): they differ only by rounding to whole levels (max 1, mean ~0.3)."""
+    clip = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 90, 120, 3), dtype=np.uint8))
+    out = TrainTransform(64, horizontal_flip=False)(clip, np.random.default_rng(1))
+    top, left, h, w = random_resized_crop_box(90, 120, (0.3, 1.0), (0.75, 1.35), np.random.default_rng(1))
+    crop = clip[:, top : top + h, left : left + w].permute(0, 3, 1, 2).double()
+    ref = torch.nn.functional.interpolate(crop, size=(64, 64), mode="bilinear", antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.double).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.double).view(1, 3, 1, 1) * 255
+    levels = (out.permute(1, 0, 2, 3).double() * std + mean - ref).abs()
+    assert levels.max() <= 1.0 + 1e-3 and 0.05 < levels.mean() < 0.5
+
+
 def test_three_crop_evaluation_views_cover_left_center_right():
     clip = torch.zeros((1, 64, 128, 3), dtype=torch.uint8)
     clip[..., :20, 0] = 255  # red band on the left edge

@@ -183,12 +183,21 @@ class PyAVReader(VideoReader):
     """PyAV reader with decord's frame numbering; decodes only from the keyframe before the
     first wanted frame up to the last wanted frame (falling back to the start of the stream if
     the seek lands too late), and decodes on without seeking when the next call starts later
-    in the same GOP as the previous one ended."""
+    in the same GOP as the previous one ended.
+
+    ``skip_nonref`` (default on): packets of frames that are not wanted are decoded with
+    FFmpeg's ``skip_frame=NONREF``, so a frame no other frame references (most B-frames) is not
+    decoded at all unless it is wanted; the frames returned are the same. It pays on files with
+    non-reference B-frames (x264's default and the files of :mod:`stjepa.data.prepare`; see
+    BENCHMARKS.md) and costs nothing elsewhere.
+    """
 
     decoder = "pyav"
 
-    def __init__(self, path: str, num_threads: int = 1) -> None:
+    def __init__(self, path: str, num_threads: int = 1, skip_nonref: bool = True) -> None:
         super().__init__(path)
+        self._skip_nonref = skip_nonref
+        self._wanted_pts: set[int] | None = None  # pts of the frames wanted by the current call
         import av  # lazy
 
         self._av = av
@@ -286,7 +295,10 @@ class PyAVReader(VideoReader):
     def _frame_iter(self) -> Iterator[tuple[int, Any]]:
         """``(index, frame)`` in presentation order from the current demuxer position."""
         index = -1
+        context = self._stream.codec_context
         for packet in self._container.demux(self._stream):
+            if self._wanted_pts is not None:  # per packet: FFmpeg reads it for each frame it decodes
+                context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in self._wanted_pts else "NONREF"
             for frame in packet.decode():
                 index = self._index_of(frame, index)
                 yield index, frame
@@ -314,11 +326,14 @@ class PyAVReader(VideoReader):
                     self._frames = None
                     return found, first
             if index in wanted:
-                found[index] = frame.to_ndarray(format="rgb24")
+                found[index] = self._to_rgb(frame)
             if index >= hi:
                 return found, first
         self._frames = None  # end of stream
         return found, first
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24")
 
     def _seek_and_collect(
         self, lo: int, hi: int, wanted: set[int], from_start: bool
@@ -342,6 +357,8 @@ class PyAVReader(VideoReader):
     def _get_frames(self, indices: list[int]) -> torch.Tensor:
         wanted = set(indices)
         lo, hi = min(wanted), max(wanted)
+        if self._skip_nonref and self._pts is not None:
+            self._wanted_pts = {self._pts[i] for i in wanted}
         try:
             found = None
             if self._can_continue(lo):  # e.g. consecutive clips in one GOP: no seek, no re-decoding
@@ -388,7 +405,9 @@ class TorchCodecReader(VideoReader):
         except Exception as exc:
             raise self.error(f"could not be opened by torchcodec: {_reason(exc)}") from exc
         self.num_frames = int(meta.num_frames or 0)
-        self.fps = float(meta.average_fps or 0.0)
+        # the header's rate, as decord and PyAV report (average_fps is frames / duration, which the
+        # rounded timestamps of a webm make 12.003 for 12 fps)
+        self.fps = float(getattr(meta, "average_fps_from_header", None) or meta.average_fps or 0.0)
         if meta.height and meta.width:
             self._size = (int(meta.height), int(meta.width))
         if self.num_frames < 1:
@@ -442,6 +461,12 @@ def open_video(path: str | os.PathLike, decoder: str = "decord", num_threads: in
         raise ConfigError(f"data.decoder={decoder!r} needs the {package} package, which is not installed "
                          f"(or cannot be imported); install it with `pip install {package}` or choose another "
                          f"of {', '.join(DECODERS)}.")
+    path = check_video_file(path)
+    return _READERS[decoder](path, num_threads=num_threads)
+
+
+def check_video_file(path: str | os.PathLike) -> str:
+    """``path`` as a string if it names a readable, non-empty file, else :class:`VideoError`."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video {path!r} does not exist.")
@@ -455,4 +480,4 @@ def open_video(path: str | os.PathLike, decoder: str = "decord", num_threads: in
         raise VideoError(f"video {path!r} is empty (0 bytes).")
     if not os.access(path, os.R_OK):
         raise VideoError(f"video {path!r} cannot be read: permission denied.")
-    return _READERS[decoder](path, num_threads=num_threads)
+    return path
