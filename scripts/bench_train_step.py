@@ -73,12 +73,13 @@ def step_flops(module: JEPAPretrainModule, batch: dict) -> Flops:
                             batch["masks_enc"], batch["masks_pred"])
 
 
-def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0) -> dict:
-    """Random clips plus V-JEPA 2 masks for the module's token grid, as the data loader gives them."""
+def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0, pad: bool = True) -> dict:
+    """Random clips plus V-JEPA 2 masks for the module's token grid, as the data loader gives them
+    (``pad=False``: the masks without their static padding)."""
     enc = module.encoder
     g = torch.Generator().manual_seed(seed)
     video = torch.randn(batch, 3, enc.num_frames, enc.img_size, enc.img_size, generator=g).to(device)
-    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device)
+    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device, pad)
     return {"video": video, "masks_enc": masks_enc, "masks_pred": masks_pred}
 
 
