@@ -5,8 +5,10 @@ The graphs (torch._dynamo's counters): the context encoder, the no-grad target e
 predictor and the loss, each one graph per modality (video clips and 2.1's 1-frame images have
 different shapes): 8 in all. After the first step of each modality a recompilation is an error
 (``error_on_recompile``), so a changed shape anywhere in the step fails the test. The backend is
-``aot_eager`` (forward and backward traced as inductor would get them, without inductor's code
-generation, which takes minutes on a CPU); which graphs exist does not depend on the backend.
+``eager``: dynamo's capture and guards, which decide recompilation and which graphs exist, are
+the same for every backend, and inductor's code generation takes minutes on a CPU
+(``tests/test_host_syncs.py`` compiles an encoder and a predictor with ``aot_eager``, backward
+included).
 """
 import random
 
@@ -28,7 +30,7 @@ def test_fifty_steps_of_video_and_images_compile_once_per_modality(monkeypatch):
     torch._dynamo.reset()
     counters.clear()
     module = build_module("2x2", "2.1")  # area attention in the encoder and the predictor
-    module.compile_models, module.compile_backend = True, "aot_eager"
+    module.compile_models, module.compile_backend = True, "eager"
     module.configure_model()
     collates = {FRAMES: MaskingCollate((4, 4, 4), V_JEPA2_MASKS, seed=0, pad=True),
                 1: MaskingCollate((1, 4, 4), IMAGE_MASKS, seed=0, pad=True)}

@@ -24,7 +24,9 @@ slots; ``varlen``: that maximum length), and ``auto`` picks ``equal`` only where
 without looking, i.e. every grid cell is present (the target encoder) and the splits cut every
 axis evenly. Padded tokens (``valid`` False) form one more area, sorted last, that no real token
 sees; ``padded`` leaves them out of its segments. A layout built by hand without those bounds
-(``AreaLayout(area, num_areas)``, tests and benchmarks) reads its area sizes to the host once.
+(``AreaLayout(area, num_areas)``, tests and benchmarks) reads its area sizes to the host once,
+and so does an explicit ``backend='equal'`` on tokens the grid does not guarantee balanced (it
+checks them; the default ``auto`` never does).
 """
 from __future__ import annotations
 
@@ -138,9 +140,14 @@ class AreaLayout:
     def _resolve(self, backend: str) -> str:
         if backend != "auto":
             if backend == "equal" and not self.is_equal:
-                raise ArgumentError(
-                    "{backend} needs every area to hold the same number of tokens, which is known only with every "
-                    "grid cell present and splits that cut each axis evenly; use 'auto'.", backend=backend)
+                # asked for on tokens not known to be balanced: checked on the host (one sync; 'auto'
+                # picks 'equal' only where the grid guarantees it)
+                c = self.counts[:, :self.num_areas].cpu()
+                if not (self.tokens % self.num_areas == 0 and bool((c == self.tokens // self.num_areas).all())):
+                    raise ArgumentError(
+                        "{backend} needs every area to hold the same number of tokens; area sizes here range "
+                        f"{int(c.min())}..{int(c.max())} over {self.tokens} tokens; use 'auto'.", backend=backend)
+                self.bounds = AreaBounds(self.tokens // self.num_areas, True, self.bounds.padded)
             if backend == "varlen" and (self.area.device.type != "cuda" or varlen_attn() is None):
                 raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
             return backend
