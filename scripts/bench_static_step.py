@@ -2,10 +2,12 @@
 masks truncated only (shapes change from batch to batch), padded to their static lengths (what
 training draws), and padded under ``torch.compile`` (fullgraph, the module's ``compile=true``).
 
-Every variant runs ``--iters`` steps, each on freshly drawn masks (a new seed per step), after
-one warm-up step; the compiled variant's first step, the compilation, is reported apart. Per
-row: the padded fraction of the context and target slots (over the steps), the median step time
-and its ratio to the padded eager step of the same size in the same run.
+The variants' steps are interleaved (step i of every variant, then step i + 1), so load from
+other work on a shared machine falls on all of them alike; each step draws fresh masks (a new
+seed per step). The first step of each variant is a warm-up, and the compiled variant's first
+step, the compilation, is reported apart. Per row: the padded fraction of the context and target
+slots (over 20 draws), the median step time and its ratio to the padded eager step of the same
+size in the same run.
 
     python scripts/bench_static_step.py --sizes 64px/8f-b8 --layouts full 2x2 --csv out.csv
     python scripts/bench_static_step.py --padding-only --model vit_large --sizes 256px/16f-b4   # fractions only
@@ -40,18 +42,24 @@ def padded_fraction(grid, batch: int, draws: int) -> dict:
         "target_slots": "+".join(str(g.slots()[1]) for g in collator.generators)}
 
 
-def time_variant(model, layout, crop, frames, batch, variant, iters) -> dict:
-    module, optimizer = build_training(model, attention_settings(layout), crop, frames, torch.device("cpu"),
-                                       compile=variant == "compiled")
-    pad = variant != "truncated"
-    times = []
+def time_variants(model, layout, crop, frames, batch, variants, iters) -> dict[str, dict]:
+    """Per variant: its first step's time and the median of the next ``iters``, interleaved."""
+    cpu = torch.device("cpu")
+    steps = {v: build_training(model, attention_settings(layout), crop, frames, cpu, compile=v == "compiled")
+             for v in variants}
+    times = {v: [] for v in variants}
     for i in range(iters + 1):
-        step = make_train_step(module, optimizer, make_batch(module, batch, torch.device("cpu"), seed=i, pad=pad))
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    steady = sorted(times[1:])
-    return {"first_step_ms": round(times[0], 1), "step_ms": round(steady[len(steady) // 2], 2)}
+        for variant, (module, optimizer) in steps.items():
+            batch_data = make_batch(module, batch, cpu, seed=i, pad=variant != "truncated")
+            step = make_train_step(module, optimizer, batch_data)
+            start = time.perf_counter()
+            step()
+            times[variant].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for variant, t in times.items():
+        steady = sorted(t[1:])
+        out[variant] = {"first_step_ms": round(t[0], 1), "step_ms": round(steady[len(steady) // 2], 2)}
+    return out
 
 
 def main(argv=None):
@@ -78,11 +86,11 @@ def main(argv=None):
             rows.append(dict(size=size, model=args.model, **fractions, commit=commit))
             continue
         for layout in args.layouts:
-            base = None
-            for variant in args.variants:
+            timed = time_variants(model, layout, crop, frames, batch, args.variants, args.iters)
+            base = timed.get("padded", {}).get("step_ms")
+            for variant, measured in timed.items():
                 row = dict(size=size, layout=layout, model=args.model, pred_depth=model["pred_depth"], variant=variant,
-                           **fractions, **time_variant(model, layout, crop, frames, batch, variant, args.iters))
-                base = row["step_ms"] if variant == "padded" else base
+                           **fractions, **measured)
                 row["ratio_vs_padded_eager"] = round(row["step_ms"] / base, 3) if base else ""
                 rows.append(row | dict(device=device, dtype="float32", commit=commit))
                 print(f"{size} {layout:>6} {variant:>9}: first step {row['first_step_ms']:9.1f} ms, "

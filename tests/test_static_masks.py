@@ -113,3 +113,37 @@ def test_the_collate_pads_and_the_flop_counter_counts_real_tokens():
         train_step_flops(module.encoder, module.predictor, module.target_encoder, shape, batch["masks_enc"],
                          batch["masks_pred"]).total
     assert plain[0][0].shape != batch["masks_enc"][0].shape
+
+
+def test_static_masks_follow_compile_unless_set_and_bad_values_are_refused(tmp_path):
+    from stjepa.preflight import check_train_config
+    from stjepa.train_job import static_masks
+    from train_helpers import compose_config
+
+    assert not static_masks(compose_config(tmp_path))
+    assert static_masks(compose_config(tmp_path, ["compile=true"]))
+    assert not static_masks(compose_config(tmp_path, ["compile=true", "static_masks=false"]))
+    assert static_masks(compose_config(tmp_path, ["static_masks=true"]))
+    with pytest.raises(ConfigError, match=r"^static_masks='yes' is not allowed; allowed values are true, false"):
+        check_train_config(compose_config(tmp_path, ["static_masks=yes"]))
+    with pytest.raises(ConfigError, match=r"^mask.short_range.spatial_scale=\[1.0, 1.0\] .* predicts every token"):
+        check_train_config(compose_config(tmp_path, ["mask.short_range.spatial_scale=[1.0,1.0]",
+                                                     "mask.short_range.aspect_ratio=[1.0,1.0]"]))
+
+
+def test_a_run_with_static_masks_trains_on_padded_batches(tmp_path, monkeypatch):
+    from train_helpers import run_train
+
+    shapes = []
+    collate = MaskingCollate.__call__
+
+    def recording(self, samples):
+        batch = collate(self, samples)
+        shapes.append([(tuple(m.shape), bool((m < 0).any())) for m in batch["masks_enc"]])
+        return batch
+
+    monkeypatch.setattr(MaskingCollate, "__call__", recording)
+    metrics = run_train(tmp_path, "static_masks=true", "trainer.max_steps=2")
+    assert metrics["global_step"] == 2
+    assert len({tuple(s for s, _ in batch) for batch in shapes}) == 1  # one shape for every batch
+    assert any(padded for batch in shapes for _, padded in batch)

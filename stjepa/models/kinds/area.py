@@ -120,10 +120,18 @@ class AreaLayout:
         self.bounds = bounds if bounds is not None else self._measured_bounds()
         self.backend = self._resolve(backend)
 
+    def _read_sizes(self) -> tuple[bool, int, int]:
+        """Whether every area holds N / A tokens, and the smallest and largest area's size, read
+        to the host (one sync)."""
+        c = self.counts[:, :self.num_areas].cpu()
+        if not c.numel():
+            return False, 0, 0
+        return self.tokens % self.num_areas == 0 and bool((c == self.tokens // self.num_areas).all()), int(c.min()), \
+            int(c.max())
+
     def _measured_bounds(self) -> AreaBounds:
-        c = self.counts[:, :self.num_areas].cpu()  # the host read of a layout built without bounds
-        equal = self.tokens % self.num_areas == 0 and bool((c == self.tokens // self.num_areas).all())
-        return AreaBounds(int(c.max()) if c.numel() else 0, equal)
+        equal, _, largest = self._read_sizes()  # a layout built without bounds
+        return AreaBounds(largest, equal)
 
     @property
     def tokens(self) -> int:
@@ -142,11 +150,11 @@ class AreaLayout:
             if backend == "equal" and not self.is_equal:
                 # asked for on tokens not known to be balanced: checked on the host (one sync; 'auto'
                 # picks 'equal' only where the grid guarantees it)
-                c = self.counts[:, :self.num_areas].cpu()
-                if not (self.tokens % self.num_areas == 0 and bool((c == self.tokens // self.num_areas).all())):
+                equal, smallest, largest = self._read_sizes()
+                if not equal:
                     raise ArgumentError(
                         "{backend} needs every area to hold the same number of tokens; area sizes here range "
-                        f"{int(c.min())}..{int(c.max())} over {self.tokens} tokens; use 'auto'.", backend=backend)
+                        f"{smallest}..{largest} over {self.tokens} tokens; use 'auto'.", backend=backend)
                 self.bounds = AreaBounds(self.tokens // self.num_areas, True, self.bounds.padded)
             if backend == "varlen" and (self.area.device.type != "cuda" or varlen_attn() is None):
                 raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
