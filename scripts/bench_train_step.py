@@ -73,12 +73,13 @@ def step_flops(module: JEPAPretrainModule, batch: dict) -> Flops:
                             batch["masks_enc"], batch["masks_pred"])
 
 
-def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0) -> dict:
-    """Random clips plus V-JEPA 2 masks for the module's token grid, as the data loader gives them."""
+def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0, pad: bool = False) -> dict:
+    """Random clips plus V-JEPA 2 masks for the module's token grid, as the data loader gives them
+    (``pad``: padded to static lengths, as train.py draws them when it compiles)."""
     enc = module.encoder
     g = torch.Generator().manual_seed(seed)
     video = torch.randn(batch, 3, enc.num_frames, enc.img_size, enc.img_size, generator=g).to(device)
-    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device)
+    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device, pad)
     return {"video": video, "masks_enc": masks_enc, "masks_pred": masks_pred}
 
 
@@ -140,27 +141,33 @@ def find_max_batch(fits_fn, start: int, cap: int) -> int | None:
 
 
 def resolved_backends(encoder, masks: list[torch.Tensor]) -> str:
-    """The backend of the local layers in each mask set's forward ('auto' resolves per forward),
-    or 'sdpa' when no layer is local."""
+    """The backend of the local layers in each mask set's forward ('auto' resolves per forward,
+    from the grid and the slot count: masked tokens, padded or not, never resolve to 'equal'), or
+    'sdpa' when no layer is local."""
     names = [layer.layout.backend for m in masks
-             for layer in prepare_layers(m, encoder.default_grid, encoder.layer_entries) if layer is not None]
+             for layer in prepare_layers(m.clamp(min=0), encoder.default_grid, encoder.layer_entries, m >= 0)
+             if layer is not None]
     return "/".join(dict.fromkeys(names)) or "sdpa"
 
 
 def bench_row(model, attention, crop, frames, batch, device, args) -> dict:
     """Build, warm up and time one (size, layout); the row's measured columns."""
     module, opt = build_training(model, attention, crop, frames, device, args.compile, args.seed)
-    data = make_batch(module, batch, device, args.seed)
+    data = make_batch(module, batch, device, args.seed, pad=bool(args.compile))  # train.py's static_masks=null
     step = make_train_step(module, opt, data)
     losses = []
     free_memory(device)
     t = time_ms(lambda: losses.append(step()), device, warmup=args.warmup, iters=args.iters)
     flops = step_flops(module, data)
+
+    def per_clip(masks):  # real tokens per clip of each mask set (not the padded slots)
+        return [int((m >= 0).sum()) // batch for m in masks]
+
     return {
         "encoder_depth": module.encoder.depth, "backend": resolved_backends(module.encoder, data["masks_enc"]),
-        "context_tokens": sum(m.shape[1] for m in data["masks_enc"]),
-        "context_per_set": "+".join(str(m.shape[1]) for m in data["masks_enc"]),
-        "target_per_set": "+".join(str(m.shape[1]) for m in data["masks_pred"]),
+        "context_tokens": sum(per_clip(data["masks_enc"])),
+        "context_per_set": "+".join(map(str, per_clip(data["masks_enc"]))),
+        "target_per_set": "+".join(map(str, per_clip(data["masks_pred"]))),
         "step_ms": t["median_ms"], "min_ms": t["min_ms"], "peak_mem_mib": peak_memory_mib(device),
         "gflop_step": flops.total / 1e9, "attention_gflop": flops.attention / 1e9, "loss": float(losses[-1]),
     }

@@ -54,7 +54,7 @@ def count_step(size: str, crop: int, frames: int, batch: int, layout: str, model
     module, _ = build_training(model, attention_settings(layout), crop, frames, device)
     # the GPU step's fused AdamW (the CPU default, foreach, reads every parameter's step count)
     optimizer = adamw((module.encoder, module.predictor), module.optim, fused=True)
-    step = make_train_step(module, optimizer, make_batch(module, batch, device))
+    step = make_train_step(module, optimizer, make_batch(module, batch, device, pad=True))  # the static step
     step()  # the first step creates the optimizer state
     with HostSyncCounter() as syncs, OpCounter() as ops:
         step()

@@ -9,6 +9,11 @@ grid distance to the nearest target token of its sample (time in tubelets, as up
 averaged as a plain mean (not normalised by the weights). lambda is 0 until ``ramp[0]``,
 linear to ``weight`` at ``ramp[1]``, then held (official ViT-L: 0.5 over steps 15,000 to 30,000;
 the cooldown holds 0.5 from step 0 without distance weighting).
+
+Index lists padded to a fixed length (:data:`~stjepa.models.grid.PAD` slots, static shapes)
+change nothing: every mean is over the real tokens only, and a padded target is never the
+nearest target of a context token. :func:`step_loss` is the whole loss of one step, one
+function a compiled step compiles once.
 """
 from __future__ import annotations
 
@@ -20,20 +25,45 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .models.arguments import ArgumentError
-from .models.grid import Grid, grid_positions
+from .models.grid import Grid, gather_tokens, grid_positions, valid_slots
 
 
 def jepa_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor], loss_exp: float = 1.0,
-              weights: Sequence[Tensor] | None = None) -> Tensor:
+              weights: Sequence[Tensor] | None = None, valid: Sequence[Tensor] | None = None) -> Tensor:
     """mean |pred - target|^p / p per mask set (each token times its weight, (B, N), when given),
-    averaged over mask sets (p = 1: L1)."""
+    averaged over mask sets (p = 1: L1). ``valid`` (B, N) per set: the tokens the mean is over
+    (None: all)."""
     per_set = []
     for i, (p, t) in enumerate(zip(predictions, targets)):
         error = (p - t).abs().pow(loss_exp)
         if weights is not None:
             error = error * weights[i].to(error.dtype)[..., None]
-        per_set.append(error.mean() / loss_exp)
+        if valid is None:
+            per_set.append(error.mean() / loss_exp)
+            continue
+        real = valid[i][..., None]
+        error = torch.where(real, error, 0.0)  # not a product: a padded slot's garbage never reaches the sum
+        per_set.append(error.sum() / (real.sum() * error.shape[-1]) / loss_exp)
     return torch.stack(per_set).mean()
+
+
+def step_loss(preds: Sequence[Tensor], h: Tensor, context_preds: Sequence[Tensor] | None,
+              masks_enc: Sequence[Tensor], masks_pred: Sequence[Tensor], grid: Grid, loss_exp: float,
+              lam: Tensor | None = None, distance_weighting: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loss of one step, from the predictions at the target tokens (one per mask set), the
+    target features ``h`` (B, N, D) and, with a context loss (2.1), the predictions at the
+    context tokens and ``lam`` (a tensor, so a compiled step does not recompile as it moves):
+    (loss, prediction term, context term or None)."""
+    targets = [gather_tokens(h, m) for m in masks_pred]
+    loss_pred = jepa_loss(preds, targets, loss_exp, valid=[valid_slots(m) for m in masks_pred])
+    if context_preds is None:
+        return loss_pred, loss_pred, None
+    weights = None
+    if distance_weighting:
+        weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]
+    loss_ctx = jepa_loss(context_preds, [gather_tokens(h, m) for m in masks_enc], loss_exp, weights,
+                         valid=[valid_slots(m) for m in masks_enc])
+    return loss_pred + lam * loss_ctx, loss_pred, loss_ctx
 
 
 def level_norm(features: Tensor, levels: int) -> Tensor:
@@ -44,11 +74,13 @@ def level_norm(features: Tensor, levels: int) -> Tensor:
 
 def nearest_target_distance(context_ids: Tensor, target_ids: Tensor, grid: Grid) -> Tensor:
     """(B, Nc): Euclidean (t, h, w) distance of each context token to the nearest target token
-    of its own sample, in grid cells."""
+    of its own sample, in grid cells (padded target slots are no target; a padded context
+    slot gets some finite distance)."""
     def cells(ids: Tensor) -> Tensor:
-        return torch.stack(grid_positions(ids, grid), dim=-1).float()
+        return torch.stack(grid_positions(ids.clamp(min=0), grid), dim=-1).float()
 
-    return torch.cdist(cells(context_ids), cells(target_ids)).amin(dim=-1)
+    distance = torch.cdist(cells(context_ids), cells(target_ids))
+    return distance.masked_fill(~valid_slots(target_ids)[:, None, :], float("inf")).amin(dim=-1)
 
 
 def context_weights(context_ids: Tensor, target_ids: Tensor, grid: Grid) -> Tensor:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_choice, check_int
 from .data.manifests import RENAMED_KEYS
-from .data.masks import MaskSpec
+from .data.masks import MaskSpec, MultiBlockMaskGenerator
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .networks import RunAttention, build_encoder, build_predictor
@@ -179,9 +179,11 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
         if not cfg.get(group):
             raise ConfigError(f"{group} needs at least one mask set (for example {group}="
                               f"{'vjepa2' if group == 'mask' else 'vjepa2_1'}).")
+        crop, patch = data.get("crop_size"), model.get("patch_size", 16)
+        frames = 1 if group == "image_mask" else data.get("frames_per_clip") // model.get("tubelet_size", 2)
         for name, spec in cfg[group].items():
-            try:
-                MaskSpec.create(plain(spec))
+            try:  # a config that leaves no context in any draw has no bound (and would redraw forever)
+                MultiBlockMaskGenerator((frames, crop // patch, crop // patch), MaskSpec.create(plain(spec))).slots()
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc).replace("mask.", f"{group}.{name}.", 1)) from None
     check_modalities(cfg, world)
@@ -192,6 +194,9 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
     if len(optim.ema) != 2 or not all(0.0 <= m <= 1.0 for m in optim.ema):
         raise ConfigError(f"optim.ema must be [start, end] momenta in [0, 1], got {list(optim.ema)}.")
     check_loss(cfg.get("loss"))
+    if cfg.get("static_masks") not in (None, True, False):
+        raise ConfigError(f"static_masks={cfg.get('static_masks')!r} is not allowed; allowed values are true, false "
+                          "and null (= whether compile is on).")
     if cfg.get("compile") not in COMPILE_CHOICES:
         raise ConfigError(f"compile={cfg.get('compile')!r} is not allowed; allowed values are false, true, "
                           f"{', '.join(str(c) for c in COMPILE_CHOICES[2:])}.")

@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .losses import ContextLoss, context_weights, jepa_loss, level_norm
+from .losses import ContextLoss, level_norm, step_loss
 from .networks import RunAttention, build_encoder, build_predictor, init_weights_path
-from .models.grid import gather_tokens
+from .models.grid import gather_tokens, valid_slots
 from .optim import OptimSettings, adamw, apply_schedule
 from .weights import load_pretraining_weights
 
@@ -66,13 +66,21 @@ class JEPAPretrainModule(L.LightningModule):
         if init_from:
             load_pretraining_weights(init_from, self.encoder, self.predictor, self.target_encoder)
         self.compile_models = compile
+        self.step_loss = step_loss  # compiled with the networks (configure_model)
         self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers
 
     def configure_model(self) -> None:
+        """With ``compile``: the encoder, the target encoder, the predictor and the loss, each one
+        graph (fullgraph=True: a graph break is an error) per modality and grad mode, shapes
+        static (dynamic=False: padded masks keep every batch's shapes)."""
         if self.compile_models:  # true, or a torch.compile mode ("reduce-overhead": CUDA graphs)
             mode = None if self.compile_models is True else self.compile_models
+            options = dict(mode=mode, fullgraph=True, dynamic=False, backend=self.compile_backend)
             for module in (self.encoder, self.predictor, self.target_encoder):
-                module.compile(mode=mode)
+                module.compile(**options)
+            self.step_loss = torch.compile(step_loss, **options)
+
+    compile_backend = "inductor"  # the torch.compile backend (tests use a cheaper one)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         self.schedule_length = self.optim.schedule_length(self.trainer.estimated_stepping_batches)
@@ -113,41 +121,39 @@ class JEPAPretrainModule(L.LightningModule):
         loss, 2.1: pred, ctx, lambda)."""
         clips, masks_enc, masks_pred = batch["video"], batch["masks_enc"], batch["masks_pred"]
         grid = self.encoder.input_grid(clips.shape)
-        preds, targets, z, h, context_preds = self._predict(clips, masks_enc, masks_pred, grid)
-        loss = jepa_loss(preds, targets, self.optim.loss_exp)
+        preds, z, h, context_preds = self._predict(clips, masks_enc, masks_pred, grid)
         if context_preds is None:
-            return loss, z, h, {}
-        weights = None
-        if self.context_loss.distance_weighting:
-            weights = [context_weights(mx, my, grid) for mx, my in zip(masks_enc, masks_pred)]
-        loss_ctx = jepa_loss(context_preds, [gather_tokens(h, m) for m in masks_enc], self.optim.loss_exp, weights)
-        lam = self.context_loss.weight_at(self.global_step)
-        terms = {"loss_pred": loss.detach(), "loss_ctx": loss_ctx.detach(), "lambda": torch.tensor(lam)}
-        return loss + lam * loss_ctx, z, h, terms
+            return self.step_loss(preds, h, None, masks_enc, masks_pred, grid, self.optim.loss_exp)[0], z, h, {}
+        lam = torch.tensor(self.context_loss.weight_at(self.global_step), device=h.device)
+        loss, loss_pred, loss_ctx = self.step_loss(preds, h, context_preds, masks_enc, masks_pred, grid,
+                                                   self.optim.loss_exp, lam, self.context_loss.distance_weighting)
+        terms = {"loss_pred": loss_pred.detach(), "loss_ctx": loss_ctx.detach(), "lambda": lam}
+        return loss, z, h, terms
 
     def _predict(self, clips: Tensor, masks_enc: list[Tensor], masks_pred: list[Tensor], grid) -> tuple:
-        """Predictions and targets at the target tokens (one per mask set), the context features
-        z, the target features h (every level, each layer-normed on its own) and the predictions
-        at the context tokens (None for a generation without a context loss)."""
+        """Predictions at the target tokens (one per mask set), the context features z, the
+        target features h (every level, each layer-normed on its own) and the predictions at the
+        context tokens (None for a generation without a context loss)."""
         with torch.no_grad():
             h = level_norm(self.target_encoder(clips, levels="all"), self.encoder.num_levels)
-        targets = [gather_tokens(h, m) for m in masks_pred]
         z = self.encoder(clips, masks_enc, levels="all")
         modality = "image" if self.encoder.is_image(clips.shape) else "video"
         with_context = self.generation.context_loss
         out = self.predictor(z, masks_enc, masks_pred, mask_index=0, grid=grid, modality=modality,
                              return_context=with_context)
         preds, context_preds = out if with_context else (out, None)
-        return preds, targets, z, h, context_preds
+        return preds, z, h, context_preds
 
     @torch.no_grad()
     def predictions(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(tokens, D) predictor outputs at every target token of a masked batch, and the targets
         there (for collapse monitoring; no gradient)."""
         clips = batch["video"]
-        preds, targets = self._predict(clips, batch["masks_enc"], batch["masks_pred"],
-                                       self.encoder.input_grid(clips.shape))[:2]
-        return torch.cat([p.flatten(0, 1) for p in preds]), torch.cat([t.flatten(0, 1) for t in targets])
+        preds, _, h, _ = self._predict(clips, batch["masks_enc"], batch["masks_pred"],
+                                       self.encoder.input_grid(clips.shape))
+        targets = [gather_tokens(h, m) for m in batch["masks_pred"]]
+        real = [valid_slots(m) for m in batch["masks_pred"]]  # a boolean gather: monitoring, not the step
+        return torch.cat([p[r] for p, r in zip(preds, real)]), torch.cat([t[r] for t, r in zip(targets, real)])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         values = self.schedule()
@@ -160,7 +166,7 @@ class JEPAPretrainModule(L.LightningModule):
             self.log(f"train/loss_{batch['source']}", loss.detach(), on_step=False, on_epoch=True, batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=B)
         self.log_dict({"train/lr": values["lr"], "train/wd": values["wd"], "train/ema_momentum": values["ema"],
-                       "train/visible_tokens": float(sum(m.shape[1] for m in batch["masks_enc"])),
+                       "train/visible_tokens": sum(valid_slots(m).sum(1).float().mean() for m in batch["masks_enc"]),
                        "train/feature_std": feature_std(z[0].detach())}, batch_size=B)
         for key in ("bad_videos", "bad_images"):  # files the data pipeline skipped: per step and summed per epoch
             if key in batch:

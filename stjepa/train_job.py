@@ -104,6 +104,13 @@ def trainer_overrides(cfg: DictConfig) -> dict[str, Any]:
     return {"log_every_n_steps": min(every, max_steps)} if 0 < max_steps < every else {}
 
 
+def static_masks(cfg: DictConfig) -> bool:
+    """Whether mask index lists are padded to fixed lengths: ``static_masks``, or (null) whether
+    the run compiles."""
+    value = cfg.get("static_masks")
+    return bool(cfg.get("compile")) if value is None else bool(value)
+
+
 def mask_sets(cfg: DictConfig, generation: Generation) -> dict[str, list[dict]]:
     """The mask sets of video and image steps: a generation with an image tokenizer (2.1) masks
     images with image_mask on their 1-frame grid; one whose images fill a clip (2.0) uses the
@@ -136,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_checked(cfg.data)
     # the run's attention goes in built (the module group names it only for the checkpoint's record)
     module = instantiate_checked(cfg.module, _convert_="all", _partial_=True)(attention=attention)
-    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.generation))
+    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.generation), pad=static_masks(cfg))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"

@@ -132,10 +132,13 @@ def hand_count(model, batch, grid, masks_enc, masks_pred, splits=None, area_laye
 def test_flops_per_step_match_a_hand_count(layout, splits):
     model = tiny_model()
     module, _ = bench.build_training(model, common.attention_settings(layout), 64, 8, torch.device("cpu"))
-    data = bench.make_batch(module, 2, torch.device("cpu"))
+    data = bench.make_batch(module, 2, torch.device("cpu"), pad=True)
     grid = module.encoder.default_grid
     assert grid == (4, 4, 4)
-    expected = hand_count(model, 2, grid, data["masks_enc"], data["masks_pred"], splits, 3 if splits else 0)
+    # the padded slots of the static masks cost no counted FLOPs: the hand count takes the real tokens
+    real = [[m[m >= 0].view(2, -1) for m in data[key]] for key in ("masks_enc", "masks_pred")]
+    assert any(r.shape != m.shape for r, m in zip(real[0], data["masks_enc"]))
+    expected = hand_count(model, 2, grid, *real, splits, 3 if splits else 0)
     assert bench.step_flops(module, data).total == pytest.approx(expected, rel=1e-12)
 
 
@@ -192,21 +195,27 @@ def test_a_size_without_a_model_file_takes_the_default_group_keys():
     assert model == {**default, "size": "vit_giant_swiglu"}
 
 
-def test_resolved_backends_follow_the_area_sizes():
-    """'equal' exactly when every area of every sample holds N / A tokens (counted by hand), else
-    'padded' (the CPU choice); global attention reports 'sdpa'."""
+def test_resolved_backends_follow_the_grid():
+    """'auto' resolves without reading the tokens: 'equal' for the unmasked forward (every grid
+    cell present, and the 2x2x2 splits cut the 4x4x4 grid evenly), 'padded' (the CPU choice) for
+    masked tokens, even ones that fill every area equally (counted by hand) or cover the grid;
+    global attention reports 'sdpa'."""
+    from stjepa.models.stack import prepare_layers
+
     cpu = torch.device("cpu")
     full, _ = bench.build_training(tiny_model(), common.attention_settings("full"), 64, 8, cpu)
     area, _ = bench.build_training(tiny_model(), common.attention_settings("2x2x2"), 64, 8, cpu)
     grid = area.encoder.default_grid
+    every_cell = torch.arange(64)[None]
     balanced = torch.tensor([[0, 3, 12, 15, 48, 51, 60, 63]])  # one token in each of the 8 corners' areas
     unbalanced = torch.tensor([[0, 1, 2, 3, 48, 51, 60, 63]])
-    for ids, expected in [(balanced, "equal"), (unbalanced, "padded")]:
-        counts = Counter(hand_areas(ids[0].tolist(), grid, (2, 2, 2)))
-        assert (len(counts) == 8 and set(counts.values()) == {1}) == (expected == "equal")
-        assert bench.resolved_backends(area.encoder, [ids]) == expected
+    assert set(Counter(hand_areas(balanced[0].tolist(), grid, (2, 2, 2))).values()) == {1}
+    assert len(Counter(hand_areas(unbalanced[0].tolist(), grid, (2, 2, 2)))) < 8
+    unmasked = {layer.layout.backend for layer in prepare_layers(every_cell, grid, area.encoder.layer_entries) if layer}
+    assert unmasked == {"equal"}
+    for ids in (every_cell, balanced, unbalanced):
+        assert bench.resolved_backends(area.encoder, [ids]) == "padded"
         assert bench.resolved_backends(full.encoder, [ids]) == "sdpa"
-    assert bench.resolved_backends(area.encoder, [balanced, unbalanced]) == "equal/padded"
 
 
 def test_bench_attention_orders_tokens_by_area_then_position():
@@ -230,7 +239,9 @@ def test_bench_attention_balanced_masks_fill_every_area_equally():
         assert len(set(row)) == 512
         assert Counter(hand_areas(row, grid, (2, 2, 2))) == {a: 64 for a in range(8)}
     layout, _ = bench_attention.build_layout(ids, grid, config)
-    assert layout.backend == "equal"
+    assert layout.backend == "padded"  # 'auto' does not read the tokens to find them balanced
+    equal = bench_attention.layout_config("2x2x2", "equal")
+    assert bench_attention.build_layout(ids, grid, equal)[0].backend == "equal"  # asked for: checked, accepted
 
 
 def test_find_max_batch_doubles_then_halves():

@@ -22,13 +22,16 @@ CROP, FRAMES = 64, 8  # a (4, 4, 4) token grid
 
 
 class SameSliceLayout:
-    """Tokens in grid order; a query sees the keys of its own temporal slice."""
+    """Tokens in grid order; a query sees the real keys of its own temporal slice."""
 
-    def __init__(self, t_slice, backend):
-        self.t_slice, self.backend = t_slice, "dense" if backend == "auto" else backend
+    def __init__(self, t_slice, backend, valid):
+        self.t_slice, self.backend, self.valid = t_slice, "dense" if backend == "auto" else backend, valid
 
     def attend(self, q, k, v):
-        return masked_attend(q, k, v, (self.t_slice[:, None, :, None] == self.t_slice[:, None, None, :]))
+        seen = self.t_slice[:, None, :, None] == self.t_slice[:, None, None, :]
+        if self.valid is not None:
+            seen = seen & self.valid[:, None, None, :] | ~self.valid[:, None, :, None]
+        return masked_attend(q, k, v, seen)
 
 
 class SameSliceKind:
@@ -56,10 +59,11 @@ class SameSliceKind:
     def _slices(self, ids, grid):
         return torch.div(grid_positions(ids, grid)[0], self.frames, rounding_mode="floor")
 
-    def prepare(self, ids, grid, backend="auto"):
+    def prepare(self, ids, grid, backend="auto", valid=None):
         one_of(backend, "backend", self.BACKENDS)
         order = ids.argsort(dim=1)
-        return order, (SameSliceLayout(self._slices(ids.gather(1, order), grid), backend),)
+        return order, (SameSliceLayout(self._slices(ids.gather(1, order), grid), backend,
+                                       None if valid is None else valid.gather(1, order)),)
 
     def mask(self, ids, grid):
         s = self._slices(ids, grid)

@@ -435,12 +435,14 @@ def test_checkpoints_of_earlier_versions_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("value, mode", [(True, None), ("reduce-overhead", "reduce-overhead")])
-def test_compile_true_or_a_mode_reaches_torch_compile_for_all_three_networks(tmp_path, monkeypatch, value, mode):
+def test_compile_true_or_a_mode_reaches_torch_compile_for_all_three_networks_and_the_loss(tmp_path, monkeypatch,
+                                                                                          value, mode):
     from hydra.utils import instantiate
 
     seen = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs.get("mode")) or fn)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
     cfg = compose_config(tmp_path, [f"compile={str(value).lower()}"])
     module = instantiate(cfg.module, _convert_="all")
     module.configure_model()
-    assert seen == [mode] * 3
+    assert [kw.get("mode") for kw in seen] == [mode] * 4  # encoder, predictor, target encoder, loss
+    assert all(kw.get("fullgraph") is True and kw.get("dynamic") is False for kw in seen)

@@ -45,12 +45,13 @@ class Collate:
 
 class MaskingCollate(Collate):
     """Collate, then add ``masks_enc`` / ``masks_pred`` (lists of (B, K) index tensors, one per
-    mask set) for a token grid of ``grid``."""
+    mask set) for a token grid of ``grid``; with ``pad`` (static shapes), every list padded to its
+    mask set's fixed length (see :mod:`stjepa.data.masks`)."""
 
     def __init__(self, grid: tuple[int, int, int], mask_sets: Sequence[MaskSpec | Mapping[str, Any]], seed: int = 0,
-                 source: str | None = None):
+                 source: str | None = None, pad: bool = False):
         super().__init__(source)
-        self.masks = MaskCollator(grid, mask_sets)
+        self.masks = MaskCollator(grid, mask_sets, pad)
         self.seed = seed
 
     def __call__(self, samples: list[dict]) -> dict:

@@ -83,11 +83,12 @@ class VideoDataModule(L.LightningDataModule):
         return 1, 3, frames, self.crop_size, self.crop_size
 
     def configure_masking(self, grid_of: Callable[[tuple[int, ...]], Grid],
-                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], seed: int | None = None) -> None:
+                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], seed: int | None = None,
+                          pad: bool = False) -> None:
         """Draw V-JEPA masks in the collate function: ``grid_of`` gives the model's token grid of
-        an input shape, ``mask_sets`` the mask sets of each modality."""
+        an input shape, ``mask_sets`` the mask sets of each modality; ``pad``: static shapes."""
         self.masking = MaskingCollate(grid_of(self.input_shape), mask_sets[self.modality],
-                                      seed=self.seed if seed is None else seed, source=self.name)
+                                      seed=self.seed if seed is None else seed, source=self.name, pad=pad)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

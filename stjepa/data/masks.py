@@ -6,17 +6,34 @@ collator, one box size is drawn per batch (one uniform number drives the tempora
 spatial scale and the aspect ratio together), positions are drawn per clip, frames after
 ``max_temporal_keep`` are removed from the context, and index lists are truncated to the
 smallest count in the batch so they stack.
+
+Static shapes: the truncated lists are then padded with :data:`PAD` (-1) to a fixed number of
+slots per mask set, :meth:`MultiBlockMaskGenerator.slots`, the largest count any draw can give
+for that mask config on that grid, so every batch of a run has the same shapes (a compiled step
+never recompiles, a CUDA graph can hold it). ``ids >= 0`` is the validity mask (True = a real
+token) the models, the loss and the FLOP counter read; an index list cannot disagree with it.
+The bound is exact for one block (every block of a draw can land on the same cells), so it is
+loose for the union of many blocks: padding costs compute (BENCHMARKS.md gives the padded
+fraction at the published sizes); ``max_keep`` caps the context slots where that matters.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.grid import Grid
+from ..errors import ConfigError
+
+from ..models.grid import PAD, Grid
+
+# u in [0, 1) is cut into this many pieces to bound the block size on each (a valid bound for any
+# number of pieces; more pieces make it tighter, down to the exact range of the drawn sizes)
+BOUND_PIECES = 4096
 
 
 @dataclass(frozen=True)
@@ -64,11 +81,13 @@ V_JEPA2_MASKS = (
 
 
 class MultiBlockMaskGenerator:
-    """Draws (context, target) index tensors of shape (B, K) for one mask spec."""
+    """Draws (context, target) index tensors of shape (B, K) for one mask spec; with ``pad``,
+    of the fixed shapes (B, slots) (see the module docstring)."""
 
-    def __init__(self, grid: Grid, spec: MaskSpec | Mapping[str, Any] = MaskSpec()):
+    def __init__(self, grid: Grid, spec: MaskSpec | Mapping[str, Any] = MaskSpec(), pad: bool = False):
         self.grid = grid
         self.spec = MaskSpec.create(spec)
+        self.pad = pad
         T, H, W = grid
         t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
         self._coords = (t.reshape(-1), h.reshape(-1), w.reshape(-1))
@@ -79,15 +98,63 @@ class MultiBlockMaskGenerator:
         return self.grid[0] * self.grid[1] * self.grid[2]
 
     def block_size(self, generator: torch.Generator) -> tuple[int, int, int]:
+        u = float(torch.rand(1, generator=generator))
+        return self._block_dims(u, u)
+
+    def _block_dims(self, u_size: float, u_ratio: float) -> tuple[int, int, int]:
+        """(t, h, w) of a block with the scales drawn at ``u_size`` and the aspect ratio at
+        ``u_ratio`` (a draw uses one u for both). t and h grow with u; w grows with u_size and
+        shrinks with u_ratio (every step is monotone, float rounding included)."""
         T, H, W = self.grid
         s = self.spec
-        u = float(torch.rand(1, generator=generator))
-        t = max(1, int(T * (s.temporal_scale[0] + u * (s.temporal_scale[1] - s.temporal_scale[0]))))
-        keep = int(H * W * (s.spatial_scale[0] + u * (s.spatial_scale[1] - s.spatial_scale[0])))
-        ratio = s.aspect_ratio[0] + u * (s.aspect_ratio[1] - s.aspect_ratio[0])
+        t = max(1, int(T * (s.temporal_scale[0] + u_size * (s.temporal_scale[1] - s.temporal_scale[0]))))
+        keep = int(H * W * (s.spatial_scale[0] + u_size * (s.spatial_scale[1] - s.spatial_scale[0])))
+        ratio = s.aspect_ratio[0] + u_ratio * (s.aspect_ratio[1] - s.aspect_ratio[0])
         h = min(max(1, round(math.sqrt(keep * ratio))), H)
         w = min(max(1, round(math.sqrt(keep / ratio))), W)
         return t, h, w
+
+    def _count_bounds(self) -> tuple[int, int]:
+        """(most target tokens, fewest target tokens) of any draw, from the config and the grid:
+        on each piece [u0, u1] of u the block is at most (t(u1), h(u1), w(u1, u0)) and at least
+        (t(u0), h(u0), w(u0, u1)). The target is the frames past the context window plus the
+        blocks' cells inside it: at most num_blocks blocks' worth, at least one block placed as
+        late as it can go."""
+        T, H, W = self.grid
+        window, late = self.max_context_frames, (T - self.max_context_frames) * H * W
+        most, fewest = 0, self.numel
+        for i in range(BOUND_PIECES):
+            u0, u1 = i / BOUND_PIECES, (i + 1) / BOUND_PIECES
+            t_hi, h_hi, _ = self._block_dims(u1, u1)
+            t_lo, h_lo, _ = self._block_dims(u0, u0)
+            w_hi, w_lo = self._block_dims(u1, u0)[2], self._block_dims(u0, u1)[2]
+            most = max(most, late + min(window * H * W, self.spec.num_blocks * h_hi * w_hi * min(t_hi, window)))
+            fewest = min(fewest, late + h_lo * w_lo * max(0, window - T + t_lo))
+        return most, fewest
+
+    def slots(self) -> tuple[int, int]:
+        """(context slots, target slots): the most context and target tokens a draw can keep on
+        this grid, the fixed lengths every batch's index lists are padded to."""
+        return _slots(self.grid, self.spec)
+
+    def _slots(self) -> tuple[int, int]:
+        most, fewest = self._count_bounds()
+        context = self.numel - fewest
+        if context < 1:
+            s = self.spec
+            raise ConfigError(f"mask.spatial_scale={list(s.spatial_scale)} with temporal_scale={list(s.temporal_scale)} "
+                              f"and max_temporal_keep={s.max_temporal_keep} predicts every token of the "
+                              f"{'x'.join(map(str, self.grid))} token grid in every draw, so no context token can be "
+                              "kept; allowed are scales that leave part of the grid as context.")
+        if self.spec.max_keep is not None:
+            context = min(context, self.spec.max_keep)
+        target = min(most, self.numel - 1)  # a draw without context is drawn again
+        if self.spec.full_complement:  # everything the kept context leaves out
+            fewest_context = max(1, self.numel - most)
+            if self.spec.max_keep is not None:
+                fewest_context = min(fewest_context, self.spec.max_keep)
+            target = self.numel - fewest_context
+        return context, target
 
     def _target_masks(self, batch: int, size: tuple[int, int, int], generator: torch.Generator) -> Tensor:
         """(batch, numel) bool: True where a token is predicted (covered by a block)."""
@@ -122,7 +189,23 @@ class MultiBlockMaskGenerator:
             tgt_idx = _true_indices(~kept, self.numel - keep_ctx)
         else:
             tgt_idx = _true_indices(target, int(target.sum(1).min()))
-        return ctx_idx, tgt_idx
+        if not self.pad:
+            return ctx_idx, tgt_idx
+        ctx_slots, tgt_slots = self.slots()
+        return _padded(ctx_idx, ctx_slots), _padded(tgt_idx, tgt_slots)
+
+
+@lru_cache(maxsize=None)
+def _slots(grid: Grid, spec: MaskSpec) -> tuple[int, int]:
+    """:meth:`MultiBlockMaskGenerator.slots`, computed once per (grid, spec) in a process."""
+    return MultiBlockMaskGenerator(grid, spec)._slots()
+
+
+def _padded(ids: Tensor, slots: int) -> Tensor:
+    """(B, K) indices padded with :data:`PAD` to (B, slots)."""
+    if ids.shape[1] > slots:  # the bound is proven for every draw: reaching this is a bug here
+        raise AssertionError(f"a draw kept {ids.shape[1]} tokens, more than the {slots} slots bounded for it.")
+    return F.pad(ids, (0, slots - ids.shape[1]), value=PAD)
 
 
 def _true_indices(mask: Tensor, keep: int) -> Tensor:
@@ -134,10 +217,13 @@ def _true_indices(mask: Tensor, keep: int) -> Tensor:
 class MaskCollator:
     """Several mask specs at once: returns lists of (B, K) context and target indices."""
 
-    def __init__(self, grid: Grid, specs: Sequence[MaskSpec | Mapping[str, Any]] = V_JEPA2_MASKS):
+    def __init__(self, grid: Grid, specs: Sequence[MaskSpec | Mapping[str, Any]] = V_JEPA2_MASKS, pad: bool = False):
         if not specs:
             raise ValueError("mask: at least one mask set is needed.")
-        self.generators = [MultiBlockMaskGenerator(grid, s) for s in specs]
+        self.generators = [MultiBlockMaskGenerator(grid, s, pad) for s in specs]
+        if pad:
+            for g in self.generators:
+                g.slots()  # a config without a bound is refused here, before any batch
 
     def __call__(self, batch: int, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
         pairs = [g(batch, generator) for g in self.generators]

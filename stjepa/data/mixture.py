@@ -142,9 +142,9 @@ class MixtureDataModule(L.LightningDataModule):
         return {s.modality for s in self.sources}
 
     def configure_masking(self, grid_of: Callable[[tuple[int, ...]], Grid],
-                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], pad: bool = False) -> None:
         for i, source in enumerate(self.sources):  # own mask seeds: no two sources draw the same masks
-            source.configure_masking(grid_of, mask_sets, seed=batch_seed(self.seed, [i]))
+            source.configure_masking(grid_of, mask_sets, seed=batch_seed(self.seed, [i]), pad=pad)
 
     def setup(self, stage: str | None = None) -> None:
         for source in self.sources:

@@ -7,11 +7,13 @@ backends, with their trade-offs:
 
 ``attend``              the one entry point of a layer: global SDPA without a layout, the
                         layout's local attention with one
+``KeyPaddingLayout``    global attention when some tokens are padding (index lists padded to
+                        a fixed length): a key mask, so no query sees a padded key
 ``masked_attend``       an explicit boolean "query may see key" mask and SDPA (the reference
                         every kind is tested against; O(N^2) memory)
 ``equal_split_attend``  every segment holds N / S tokens in a row: a reshape to
                         (B*S, heads, N/S, dim) and plain SDPA (no mask, no copies)
-``padded_attend``       segments of unequal size padded to the largest, SDPA with a key
+``padded_attend``       segments of unequal size padded to a fixed width, SDPA with a key
                         padding mask (CPU-friendly; padding costs compute)
 ``varlen_attend``       torch ``varlen_attn`` (flash) over the flattened batch with cumulative
                         segment lengths (CUDA and torch >= 2.9 only; no padding)
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-__all__ = ["attend", "masked_attend", "equal_split_attend", "padded_attend", "varlen_attn", "varlen_attend",
+__all__ = ["attend", "KeyPaddingLayout", "masked_attend", "equal_split_attend", "padded_attend", "varlen_attn", "varlen_attend",
            "flex_attention_for", "flex_attend", "create_block_mask", "flatten_tokens", "unflatten_tokens",
            "gather_blocks", "attend_key_blocks"]
 
@@ -40,6 +42,19 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout=None) -> Tensor:
     if layout is None:
         return F.scaled_dot_product_attention(q, k, v)
     return layout.attend(q, k, v)
+
+
+class KeyPaddingLayout:
+    """The layout of a global layer over padded tokens: ``valid`` (B, N) marks the real ones.
+    A padded query sees the real keys (its row is never fully masked; its output is unused)."""
+
+    backend = "global"
+
+    def __init__(self, valid: Tensor):
+        self.key_mask = valid[:, None, None, :]
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return masked_attend(q, k, v, self.key_mask)
 
 
 def masked_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -70,19 +85,23 @@ def unflatten_tokens(x: Tensor, B: int) -> Tensor:
     return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
 
 
-def padded_attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, key_valid: Tensor, segments: int,
-                  width: int) -> Tensor:
-    """Attention inside segments, each padded to ``width`` slots: ``index`` (B*N,) is each
-    flattened token's slot (segment * width + rank), ``key_valid`` (segments, 1, 1, width) marks
-    the slots that hold tokens."""
+def padded_attend(q: Tensor, k: Tensor, v: Tensor, token_slot: Tensor, slot_token: Tensor,
+                  slot_valid: Tensor) -> Tensor:
+    """Attention inside segments of ``width`` slots each: ``slot_valid`` (segments, width) marks
+    the slots that hold tokens, ``slot_token`` (segments * width,) is the flattened token each
+    slot holds (any token for an empty slot: it is never a key) and ``token_slot`` (B*N,) each
+    flattened token's slot (a token of no segment may point anywhere: its output is unused).
+    Shapes come from these index tensors only, so nothing is read to the host."""
     B, Hh, N, D = q.shape
+    segments, width = slot_valid.shape
 
     def pack(x: Tensor) -> Tensor:
-        flat = x.new_zeros(segments * width, Hh, D).index_copy(0, index, flatten_tokens(x))
-        return flat.view(segments, width, Hh, D).transpose(1, 2)
+        return flatten_tokens(x).index_select(0, slot_token).view(segments, width, Hh, D).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=key_valid)
-    out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, index)
+    # an empty query slot may see every slot, so no row is fully masked (its output is dropped)
+    mask = slot_valid[:, None, None, :] | ~slot_valid[:, None, :, None]
+    out = F.scaled_dot_product_attention(pack(q), pack(k), pack(v), attn_mask=mask)
+    out = out.transpose(1, 2).reshape(segments * width, Hh, D).index_select(0, token_slot)
     return unflatten_tokens(out, B)
 
 

@@ -5,6 +5,10 @@ tokens; the attention core (QK^T and AV, 4 * width FLOPs per query-key pair) sca
 number of pairs, which is what local attention (area, neighborhood, ...) cuts. A training
 step costs about 3x the forward of the modules that get gradients (forward + 2x backward)
 plus the target encoder's forward.
+
+Index lists padded to a fixed length (:data:`~stjepa.models.grid.PAD` slots) count their real
+tokens only: the FLOPs are those of the unpadded step (what the padding costs on top is
+measured, not counted).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .predictor import VisionTransformerPredictor
-from .grid import Grid
+from .grid import Grid, valid_slots
 from .stack import in_turn
 from .vision_transformer import VisionTransformer
 
@@ -55,6 +59,18 @@ def layer_pairs(ids: Tensor, grid: Grid, model: VisionTransformer | VisionTransf
     return [full if p is None else p for p in pairs]
 
 
+def real_rows(*ids: Tensor) -> list[tuple[Tensor, ...]]:
+    """The rows of (B, N_i) index tensors of one batch without their padded slots, rows with the
+    same real counts (in every tensor) stacked: a list of tuples of (b, n_i) host tensors."""
+    ids = tuple(i.cpu() for i in ids)
+    counts = torch.stack([valid_slots(i).sum(1) for i in ids], 1)  # (B, tensors)
+    groups = []
+    for key in counts.unique(dim=0):
+        rows = (counts == key).all(1)
+        groups.append(tuple(i[rows][valid_slots(i[rows])].view(int(rows.sum()), int(n)) for i, n in zip(ids, key)))
+    return groups
+
+
 def _blocks_flops(blocks: nn.ModuleList, width: int, tokens: int, full: int, pairs: list[int]) -> Flops:
     linear = 2.0 * tokens * sum(_linear_macs(b) for b in blocks)
     return Flops(linear, 4.0 * width * sum(pairs), 4.0 * width * full * len(pairs))
@@ -78,24 +94,27 @@ def encoder_flops(
     if ids is None:
         n = grid[0] * grid[1] * grid[2]
         ids = torch.arange(n).expand(batch, n)
-    n_visible = ids.shape[1]
-    full = batch * n_visible**2
-    blocks = _blocks_flops(encoder.blocks, encoder.embed_dim, batch * n_visible, full, layer_pairs(ids, grid, encoder))
+    blocks = Flops()
+    for (rows,) in real_rows(ids):
+        b, n_visible = rows.shape
+        blocks = blocks + _blocks_flops(encoder.blocks, encoder.embed_dim, b * n_visible, b * n_visible**2,
+                                        layer_pairs(rows, grid, encoder))
     return patch_embed_flops(encoder, batch, grid, image) + blocks if embed else blocks
 
 
 def predictor_flops(predictor: VisionTransformerPredictor, masks_x: Tensor, masks_y: Tensor, grid: Grid) -> Flops:
     """Forward FLOPs of the predictor for one mask set (B, Nc) context, (B, Nt) targets."""
-    batch = masks_x.shape[0]
-    ids = torch.cat([masks_x, masks_y], 1)
-    n = ids.shape[1]
     width = predictor.predictor_norm.normalized_shape[0]
-    full = batch * n**2
     context_out = 0 if predictor.predictor_proj_context is None else _linear_macs(predictor.predictor_proj_context)
-    io = 2.0 * (batch * masks_x.shape[1] * (_linear_macs(predictor.predictor_embed) + context_out)
-                + batch * masks_y.shape[1] * _linear_macs(predictor.predictor_proj))
-    blocks = _blocks_flops(predictor.predictor_blocks, width, batch * n, full, layer_pairs(ids, grid, predictor))
-    return Flops(linear=io) + blocks
+    total = Flops()
+    for mx, my in real_rows(masks_x, masks_y):
+        batch, ids = mx.shape[0], torch.cat([mx, my], 1)
+        n = ids.shape[1]
+        io = 2.0 * (batch * mx.shape[1] * (_linear_macs(predictor.predictor_embed) + context_out)
+                    + batch * my.shape[1] * _linear_macs(predictor.predictor_proj))
+        total = total + Flops(linear=io) + _blocks_flops(predictor.predictor_blocks, width, batch * n, batch * n**2,
+                                                         layer_pairs(ids, grid, predictor))
+    return total
 
 
 def train_step_flops(encoder: VisionTransformer, predictor: VisionTransformerPredictor,

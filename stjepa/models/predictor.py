@@ -10,7 +10,7 @@ from torch import Tensor
 from .attention_settings import AttentionSettings
 from .layers import Block
 from .arguments import ArgumentError, one_of, positive_int
-from .grid import Grid, check_indices
+from .grid import Grid, check_indices, valid_slots
 from .stack import AttentionLayoutMixin, run_blocks
 from .versions import DEFAULT_VERSION, generation, modality_embeddings
 from .vision_transformer import init_weights, rescale_residual_branches
@@ -122,8 +122,9 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         """Predict target features.
 
         ``x`` (B, Nc, D) are context features at flat grid indices ``masks_x`` (B, Nc);
-        ``masks_y`` (B, Nt) are the target indices. Returns (B, Nt, D) in the order of
-        ``masks_y``. Lists (one entry per mask set) give a list; ``mask_index`` is then one
+        ``masks_y`` (B, Nt) are the target indices; padded slots of either hold
+        :data:`~stjepa.models.grid.PAD` (no token attends to them, their outputs are garbage).
+        Returns (B, Nt, D) in the order of ``masks_y``. Lists (one entry per mask set) give a list; ``mask_index`` is then one
         index for all sets (what V-JEPA 2 training does) or one per set. 2.1: ``modality``
         ('video' or 'image') picks the modality embedding; ``return_context`` returns
         (target predictions, context predictions), each a tensor or a list as above.
@@ -153,14 +154,16 @@ class VisionTransformerPredictor(AttentionLayoutMixin, nn.Module):
         if self.generation.modality_embeddings:  # on every token, mask tokens included
             tokens = tokens + (self.img_mod_embed if modality == "image" else self.video_mod_embed)
         ids = torch.cat([masks_x, masks_y], dim=1)
+        valid = valid_slots(ids)
         out = run_blocks(
             self.predictor_blocks,
             tokens,
-            ids,
+            ids.clamp(min=0),
             grid,
             self.layer_entries,
             self.head_dim,
             sort_by_position=True,
+            valid=valid,
             activation_checkpointing=self.use_activation_checkpointing and self.training,
             rope_style=self.rope_style,
         )

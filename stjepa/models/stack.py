@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .attention_backends import KeyPaddingLayout
 from .attention_settings import AttentionSettings
 from .grid import Grid, gather_tokens, grid_positions
 from .kinds import LocalLayout
@@ -79,13 +80,14 @@ class LayerLayout:
     layout: LocalLayout
 
 
-def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionSettings | None]) -> list[LayerLayout | None]:
+def prepare_layers(ids: Tensor, grid: Grid, layer_entries: Sequence[AttentionSettings | None],
+                   valid: Tensor | None = None) -> list[LayerLayout | None]:
     """What :func:`run_blocks` does once per forward before the blocks: for every layer, None
-    (global) or its :class:`LayerLayout` for tokens at ``ids`` (B, N); each entry's kind
-    prepares once."""
+    (global) or its :class:`LayerLayout` for tokens at ``ids`` (B, N) (``valid``: which of them
+    are real tokens, None: all); each entry's kind prepares once."""
 
     def prepare(entry: AttentionSettings) -> list[LayerLayout]:
-        order, layouts = entry.built_kind.prepare(ids, grid, entry.backend)
+        order, layouts = entry.built_kind.prepare(ids, grid, entry.backend, valid)
         return [LayerLayout(order, layout) for layout in layouts]
 
     return in_turn(layer_entries, prepare)
@@ -102,9 +104,14 @@ def run_blocks(
     activation_checkpointing: bool = False,
     rope_style: RopeStyle = VJEPA2_ROPE,
     taps: Sequence[int] | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor | list[Tensor]:
     """Apply ``blocks`` to tokens ``x`` (B, N, D) at flat grid positions ``ids`` (B, N); with
     ``taps`` (block indices), the outputs of those blocks instead of the last one's.
+
+    ``valid`` (B, N) bool marks the real tokens of index lists padded to a fixed length (None:
+    all are real): in every layer, global or local, no token attends to a padded one, so the
+    real tokens' outputs are those of the unpadded tokens (padded slots' outputs are garbage).
 
     Layers with an entry in ``layer_entries`` use that entry's local attention (area,
     neighborhood, ...), the others are global. Each kind may want its own token order (area
@@ -112,16 +119,18 @@ def run_blocks(
     order before the first block and reordered where the kind changes; positions (and RoPE
     tables) travel with them. The output is in the caller's order either way.
     """
-    layers = prepare_layers(ids, grid, layer_entries)
+    layers = prepare_layers(ids, grid, layer_entries, valid)
     first = next((layer.order for layer in layers if layer is not None), None)
     order = ids.argsort(dim=1) if all(layer is None for layer in layers) and sort_by_position else first
     x, rope = _reordered(x, ids, grid, head_dim, rope_style, None, order)
+    padded_global = _padded_global(valid, order)
     tapped = []
     for i, (blk, layer) in enumerate(zip(blocks, layers)):
         if layer is not None and layer.order is not order:
             x, rope = _reordered(x, ids, grid, head_dim, rope_style, order, layer.order)
             order = layer.order
-        layout = None if layer is None else layer.layout
+            padded_global = _padded_global(valid, order)
+        layout = padded_global if layer is None else layer.layout
         args = (x, rope, layout)
         if activation_checkpointing and torch.is_grad_enabled():
             x = checkpoint(blk, *args, use_reentrant=False)
@@ -130,6 +139,14 @@ def run_blocks(
         if taps is not None and i in taps:
             tapped.append(_restored(x, order))
     return tapped if taps is not None else _restored(x, order)
+
+
+def _padded_global(valid: Tensor | None, order: Tensor | None) -> KeyPaddingLayout | None:
+    """What a global layer runs with: plain attention (None) when every token is real, else
+    attention that skips the padded keys, for tokens in permutation ``order``."""
+    if valid is None:
+        return None
+    return KeyPaddingLayout(valid if order is None else valid.gather(1, order))
 
 
 def _restored(x: Tensor, order: Tensor | None) -> Tensor:

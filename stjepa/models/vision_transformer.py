@@ -11,7 +11,7 @@ from torch import Tensor
 from .attention_settings import AttentionSettings
 from .layers import Block, PatchEmbed3D
 from .arguments import ArgumentError, one_of
-from .grid import Grid, check_indices, gather_tokens, token_grid
+from .grid import Grid, check_indices, gather_tokens, token_grid, valid_slots
 from .stack import AttentionLayoutMixin, run_blocks
 from .versions import DEFAULT_VERSION, generation, modality_embeddings
 
@@ -52,8 +52,9 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
 
     ``forward(x, masks)`` takes video (B, C, T, H, W) or images (B, C, H, W), and optionally
     the flat grid indices of the visible tokens: one (B, K) tensor or a list of them (one per
-    mask set). It returns the visible tokens' features in the order of the indices: a tensor,
-    or a list with one tensor per mask set.
+    mask set), padded slots holding :data:`~stjepa.models.grid.PAD` (no token attends to them).
+    It returns the visible tokens' features in the order of the indices (garbage at padded
+    slots): a tensor, or a list with one tensor per mask set.
 
     ``version`` names the generation (:mod:`stjepa.models.versions`), held as ``generation``.
     ``version='2.1'`` builds a V-JEPA 2.1 encoder: images (and 1-frame clips) go through
@@ -192,15 +193,17 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
         B = tokens.shape[0]
         for members in by_size.values():
             ids = torch.cat([masks[i] for i in members], 0)
-            out = self.forward_tokens(gather_tokens(tokens.repeat(len(members), 1, 1), ids), ids, grid, levels)
+            out = self.forward_tokens(gather_tokens(tokens.repeat(len(members), 1, 1), ids), ids.clamp(min=0), grid,
+                                      levels, valid=valid_slots(ids))
             for j, i in enumerate(members):
                 outs[i] = out[j * B : (j + 1) * B]
         return outs  # type: ignore[return-value]
 
     def forward_tokens(self, tokens: Tensor, ids: Tensor, grid: Grid,
-                       levels: str | Sequence[int] | None = None) -> Tensor:
+                       levels: str | Sequence[int] | None = None, valid: Tensor | None = None) -> Tensor:
         """Blocks + final norm (2.1: the chosen levels' norms, see :meth:`check_levels`) on
-        already-embedded tokens at flat grid positions ``ids``."""
+        already-embedded tokens at flat grid positions ``ids`` (``valid``: which are real tokens,
+        None: all; see :func:`~stjepa.models.stack.run_blocks`)."""
         self.attention.validate_grid(grid)
         out = run_blocks(
             self.blocks,
@@ -212,6 +215,7 @@ class VisionTransformer(AttentionLayoutMixin, nn.Module):
             activation_checkpointing=self.use_activation_checkpointing and self.training,
             rope_style=self.rope_style,
             taps=self.taps,
+            valid=valid,
         )
         if self.taps is None:
             return self.norm(out)

@@ -96,9 +96,10 @@ def model_settings(size: str = "vit_large", pred_depth: int | None = None, pred_
     return model
 
 
-def draw_masks(grid, batch: int, seed: int, device) -> tuple[list, list]:
-    """V-JEPA 2 short_range + long_range masks: (context, target) index lists, one per mask set."""
-    masks_enc, masks_pred = MaskCollator(grid, V_JEPA2_MASKS)(batch, torch.Generator().manual_seed(seed))
+def draw_masks(grid, batch: int, seed: int, device, pad: bool = False) -> tuple[list, list]:
+    """V-JEPA 2 short_range + long_range masks: (context, target) index lists, one per mask set
+    (``pad``: padded to their static lengths, as a run with static_masks draws them)."""
+    masks_enc, masks_pred = MaskCollator(grid, V_JEPA2_MASKS, pad)(batch, torch.Generator().manual_seed(seed))
     return [m.to(device) for m in masks_enc], [m.to(device) for m in masks_pred]
 
 

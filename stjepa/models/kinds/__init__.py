@@ -15,11 +15,13 @@ named as the config keys (``attention.window``, ``attention.spatial_splits``; se
 - ``validate_settings(grid)``: refuse settings that do not fit the configured (T', H', W')
   token grid, and ``validate(grid)`` any input's grid (the same check for most kinds), raising
   :class:`~stjepa.models.arguments.ArgumentError` in the kind's own argument names;
-- ``prepare(ids, grid, backend)``: once per forward, from the flat grid positions ``ids``
-  (B, N) of the tokens present, ``(order, layouts)``: the token order the layers run in (None:
-  the caller's) and the layouts (:class:`LocalLayout`) local layers hand to
-  ``layout.attend(q, k, v)``, taken in turn (one layout for most kinds; shifted areas
-  alternate two);
+- ``prepare(ids, grid, backend, valid)``: once per forward, from the flat grid positions
+  ``ids`` (B, N) of the tokens present and ``valid`` (B, N) bool, which of them are real tokens
+  (None: all; index lists padded to a fixed length have padded slots, which no token may attend
+  to), ``(order, layouts)``: the token order the layers run in (None: the caller's) and the
+  layouts (:class:`LocalLayout`) local layers hand to ``layout.attend(q, k, v)``, taken in turn
+  (one layout for most kinds; shifted areas alternate two). Shapes come from N and the grid,
+  never from reading the tokens, so a step holds no host sync and compiles once;
 - ``pairs(ids, grid)``: query-key pairs per head over the batch, per layout (FLOP counter);
 - ``tag``: a short name for run names;
 - besides, where the positions fix the pattern, ``mask(ids, grid)``: the dense reference per
@@ -71,10 +73,23 @@ class LocalKind(Protocol):
 
     def validate(self, grid: Grid) -> None: ...
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor | None,
-                                                                                 tuple[LocalLayout, ...]]: ...
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto",
+                valid: Tensor | None = None) -> tuple[Tensor | None, tuple[LocalLayout, ...]]: ...
 
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int, ...]: ...
+
+
+def layout_cache(build):
+    """A layout's structure built on first use and shared by all its layers (a property). Like
+    ``functools.cached_property`` but without its lock, which ``torch.compile`` cannot trace."""
+    slot = f"_cached_{build.__name__}"
+
+    def get(self):
+        if not hasattr(self, slot):
+            setattr(self, slot, build(self))
+        return getattr(self, slot)
+
+    return property(get, doc=build.__doc__)
 
 
 _REGISTRY: dict[str, type] = {}

@@ -17,17 +17,20 @@ compute the same function:
 ``auto``    ``equal`` when it applies, else ``varlen`` (CUDA) / ``flex`` (CUDA, older torch) /
             ``padded`` (CPU)
 
-Host syncs: a layout reads its area sizes to the host once (the backends take their shapes
-from them and ``auto`` chooses by them), and the ``padded``, ``varlen`` and ``flex`` backends
-gather the non-empty areas with a boolean mask, one sync more. A training step with area
-layers in the encoder adds one layout per encoder pass (the target encoder's, and one per
-context mask-set size) to the two index-range checks every step makes
-(``tests/test_host_syncs.py`` counts them).
+Static shapes, no host reads: the kind takes every size a backend needs from the grid and the
+token count, never from the tokens: the most tokens an area can hold (its cells, at most N),
+all (sample, area) segments including empty ones (``padded``: B * A segments of that many
+slots; ``varlen``: that maximum length), and ``auto`` picks ``equal`` only where it is known
+without looking, i.e. every grid cell is present (the target encoder) and the splits cut every
+axis evenly. Padded tokens (``valid`` False) form one more area, sorted last, that no real token
+sees; ``padded`` leaves them out of its segments. A layout built by hand without those bounds
+(``AreaLayout(area, num_areas)``, tests and benchmarks) reads its area sizes to the host once,
+and so does an explicit ``backend='equal'`` on tokens the grid does not guarantee balanced (it
+checks them; the default ``auto`` never does).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,7 @@ from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import (create_block_mask, equal_split_attend, flex_attend, masked_attend, padded_attend,
                                  varlen_attend, varlen_attn)
 from ..grid import Grid, grid_positions
-from . import register_kind
+from . import layout_cache, register_kind
 
 BACKENDS = ("auto", "dense", "padded", "flex", "varlen", "equal")
 REORDERS = ("once", "per_layer")
@@ -81,48 +84,78 @@ def area_index(t: Tensor, h: Tensor, w: Tensor, grid: tuple[int, int, int], spli
     return (at * splits.height + ah) * splits.width + aw
 
 
+@dataclass(frozen=True)
+class AreaBounds:
+    """What an area layout may know without reading its tokens: the most tokens one area can
+    hold, and whether every area holds exactly N / A of the N tokens (no padding)."""
+
+    max_area: int
+    equal: bool
+    padded: bool = False  # some tokens may be padding (the extra area ``num_areas``)
+
+
 class AreaLayout:
     """Where each area's tokens sit, for one forward pass.
 
-    ``area`` is (B, N) area ids in the order the tokens have when attention runs. All
-    backends but ``dense`` need that order to be area-sorted (each area contiguous).
-    ``backend`` is one of :data:`BACKENDS` (checked where layouts are configured, by
+    ``area`` is (B, N) area ids in the order the tokens have when attention runs; a padded token
+    has id ``num_areas`` (an extra area no real token sees). All backends but ``dense`` need that
+    order to be area-sorted (each area contiguous, the padded tokens last). ``backend`` is one of
+    :data:`BACKENDS` (checked where layouts are configured, by
     :class:`~stjepa.models.attention_settings.AttentionSettings`). ``reorder`` (optional, (B, N))
     makes attention sort by area itself and restore the order afterwards, in every layer: the
-    published ST-A² behaviour, kept for comparison and tests.
+    published ST-A² behaviour, kept for comparison and tests. ``bounds`` (:class:`AreaBounds`)
+    are the static sizes the kind derives from the grid; without them the layout reads its area
+    sizes to the host (one sync).
     """
 
-    def __init__(self, area: Tensor, num_areas: int, backend: str = "auto", reorder: Tensor | None = None):
+    def __init__(self, area: Tensor, num_areas: int, backend: str = "auto", reorder: Tensor | None = None,
+                 bounds: AreaBounds | None = None):
         self.num_areas = num_areas
         self.reorder = reorder
         self.area = area if reorder is None else area.gather(1, reorder)
         B, N = self.area.shape
-        counts = torch.zeros(B, num_areas, dtype=torch.long, device=area.device)
+        counts = torch.zeros(B, num_areas + 1, dtype=torch.long, device=area.device)  # the last: padding
         counts.scatter_add_(1, self.area, torch.ones_like(self.area))
         self.counts = counts
-        self.counts_host = counts.cpu()  # the layout's host sync (see the module docstring)
+        self.bounds = bounds if bounds is not None else self._measured_bounds()
         self.backend = self._resolve(backend)
 
-    # -- facts derived from the counts -------------------------------------------------
+    def _read_sizes(self) -> tuple[bool, int, int]:
+        """Whether every area holds N / A tokens, and the smallest and largest area's size, read
+        to the host (one sync)."""
+        c = self.counts[:, :self.num_areas].cpu()
+        if not c.numel():
+            return False, 0, 0
+        return self.tokens % self.num_areas == 0 and bool((c == self.tokens // self.num_areas).all()), int(c.min()), \
+            int(c.max())
+
+    def _measured_bounds(self) -> AreaBounds:
+        equal, _, largest = self._read_sizes()  # a layout built without bounds
+        return AreaBounds(largest, equal)
+
     @property
     def tokens(self) -> int:
         return self.area.shape[1]
 
-    @cached_property
+    @property
     def is_equal(self) -> bool:
-        c = self.counts_host
-        return bool(self.tokens % self.num_areas == 0 and (c == self.tokens // self.num_areas).all())
+        return self.bounds.equal
 
-    @cached_property
+    @property
     def max_area(self) -> int:
-        return int(self.counts_host.max()) if self.counts_host.numel() else 0
+        return self.bounds.max_area
 
     def _resolve(self, backend: str) -> str:
         if backend != "auto":
             if backend == "equal" and not self.is_equal:
-                raise ArgumentError(
-                    "{backend} needs every area to hold the same number of tokens; area sizes here range "
-                    f"{int(self.counts_host.min())}..{self.max_area}; use 'auto'.", backend=backend)
+                # asked for on tokens not known to be balanced: checked on the host (one sync; 'auto'
+                # picks 'equal' only where the grid guarantees it)
+                equal, smallest, largest = self._read_sizes()
+                if not equal:
+                    raise ArgumentError(
+                        "{backend} needs every area to hold the same number of tokens; area sizes here range "
+                        f"{smallest}..{largest} over {self.tokens} tokens; use 'auto'.", backend=backend)
+                self.bounds = AreaBounds(self.tokens // self.num_areas, True, self.bounds.padded)
             if backend == "varlen" and (self.area.device.type != "cuda" or varlen_attn() is None):
                 raise ArgumentError("{backend} needs a CUDA device and torch >= 2.9; use 'auto'.", backend=backend)
             return backend
@@ -133,34 +166,41 @@ class AreaLayout:
         return "padded"
 
     # -- per-backend structures, built on first use and shared by all layers ---------------
-    @cached_property
-    def _segments(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Non-empty (sample, area) segments: compact id per token, slot in segment, sizes."""
+    @layout_cache
+    def _starts(self) -> Tensor:
+        """(B, A + 1): the first position of each area (and of the padding) in its sample."""
+        return torch.cumsum(self.counts, 1) - self.counts
+
+    @layout_cache
+    def _padded_index(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every (sample, area) segment, empty ones included, gets ``max_area`` slots: the slot
+        of each token (flattened; padded tokens point at slot 0, their output is unused), the
+        token of each slot (empty slots point at a token of their sample, their keys are masked)
+        and which slots hold tokens, (B * A, max_area)."""
         B, N = self.area.shape
-        A = self.num_areas
-        flat_counts = self.counts.reshape(-1)
-        nonempty = flat_counts > 0
-        compact = torch.cumsum(nonempty.long(), 0) - 1  # segment id of each (sample, area)
-        starts = torch.cumsum(self.counts, 1) - self.counts  # first slot of each area, per sample
-        seg_of_token = (torch.arange(B, device=self.area.device)[:, None] * A + self.area).reshape(-1)
-        slot = torch.arange(N, device=self.area.device).expand(B, N) - starts.gather(1, self.area)
-        return compact[seg_of_token], slot.reshape(-1), flat_counts[nonempty]
+        A, width, device = self.num_areas, self.max_area, self.area.device
+        rank = torch.arange(N, device=device) - self._starts.gather(1, self.area)
+        sample = torch.arange(B, device=device)[:, None]
+        token_slot = torch.where(self.area < A, (sample * A + self.area) * width + rank, 0).reshape(-1)
+        within = torch.arange(width, device=device)
+        slot_valid = within < self.counts[:, :A, None]
+        slot_token = (sample[..., None] * N + (self._starts[:, :A, None] + within).clamp(max=N - 1)).reshape(-1)
+        return token_slot, slot_token, slot_valid.reshape(B * A, width)
 
-    @cached_property
-    def _padded_index(self) -> tuple[Tensor, Tensor, int]:
-        segment, slot, sizes = self._segments
-        width = self.max_area
-        key_valid = torch.arange(width, device=sizes.device)[None, :] < sizes[:, None]
-        return segment * width + slot, key_valid[:, None, None, :], sizes.numel()
-
-    @cached_property
+    @layout_cache
     def _cu_seqlens(self) -> Tensor:
-        sizes = self._segments[2]
-        return F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
+        """Cumulative lengths of every (sample, area) segment and each sample's padding, in the
+        flattened batch (empty segments included)."""
+        return F.pad(torch.cumsum(self.counts.reshape(-1), 0), (1, 0)).to(torch.int32)
 
-    @cached_property
+    @property
+    def _longest_segment(self) -> int:
+        return max(self.max_area, self.tokens if self.bounds.padded else 0)
+
+    @layout_cache
     def _flex_block_mask(self):
-        segment = self._segments[0]
+        B, N = self.area.shape
+        segment = (torch.arange(B, device=self.area.device)[:, None] * (self.num_areas + 1) + self.area).reshape(-1)
         total = segment.numel()
 
         def same_area(b, h, q_idx, kv_idx):
@@ -187,12 +227,11 @@ def _equal(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _padded(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    index, key_valid, segments = layout._padded_index
-    return padded_attend(q, k, v, index, key_valid, segments, layout.max_area)
+    return padded_attend(q, k, v, *layout._padded_index)
 
 
 def _varlen(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return varlen_attend(q, k, v, layout._cu_seqlens, layout.max_area)
+    return varlen_attend(q, k, v, layout._cu_seqlens, layout._longest_segment)
 
 
 def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -202,18 +241,32 @@ def _flex(layout: AreaLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 _BACKEND_FNS = {"dense": _dense, "equal": _equal, "padded": _padded, "varlen": _varlen, "flex": _flex}
 
 
-def area_order(ids: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, Tensor]:
-    """For tokens at flat grid positions ``ids`` (B, N): the permutation that sorts them by
-    (area, grid position), and each token's area id (in the given order)."""
-    area = area_index(*grid_positions(ids, grid), grid, splits)
-    return (area * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1), area
+def area_sort(area: Tensor, ids: Tensor, grid: Grid) -> Tensor:
+    """The permutation that sorts tokens at ``ids`` (B, N) by (area, grid position)."""
+    return (area * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1)
 
 
-def sorted_area_layout(ids: Tensor, grid: Grid, splits: AreaSplits, backend: str = "auto") -> tuple[Tensor, AreaLayout]:
-    """The area sort of ``ids`` and the layout area layers get once tokens are in that order
-    (what the encoder builds once per forward with ``reorder='once'``)."""
-    order, area = area_order(ids, grid, splits)
-    return order, AreaLayout(area.gather(1, order), splits.num_areas, backend)
+def slice_sizes(length: int, splits: int, shifted: bool = False) -> list[int]:
+    """Cells of each slice when an axis of ``length`` cells is cut into ``splits`` (``shifted``:
+    the slices of :func:`shifted_area_index`), counted from the rule on the host."""
+    sizes: dict[int, int] = {}  # plain loops and ints: traced as constants under torch.compile
+    for p in range(length):
+        cut = (2 * p * splits + length) // (2 * length) if shifted and splits > 1 else p * splits // length
+        sizes[cut] = sizes.get(cut, 0) + 1
+    return list(sizes.values())
+
+
+def area_bounds(grid: Grid, splits: AreaSplits, tokens: int, shifted: bool, padded: bool) -> AreaBounds:
+    """:class:`AreaBounds` for ``tokens`` tokens (padding included) on ``grid``, from the grid
+    alone: an area holds at most its cells, and N / A each when all cells are present and every
+    axis is cut evenly."""
+    cells, even = 1, True
+    for length, s in zip(grid, (splits.temporal, splits.height, splits.width)):
+        sizes = slice_sizes(length, s, shifted)
+        cells *= max(sizes)
+        even = even and min(sizes) == max(sizes)
+    all_present = not padded and tokens == grid[0] * grid[1] * grid[2]
+    return AreaBounds(min(cells, tokens), even and all_present, padded)
 
 
 def shifted_area_index(t: Tensor, h: Tensor, w: Tensor, grid: Grid, splits: AreaSplits) -> tuple[Tensor, int]:
@@ -291,34 +344,43 @@ class AreaKind:
     def validate(self, grid: Grid) -> None:
         self.splits.validate(grid)
 
-    def _area_ids(self, ids: Tensor, grid: Grid) -> list[tuple[Tensor, int]]:
+    def _area_ids(self, ids: Tensor, grid: Grid, valid: Tensor | None = None) -> list[tuple[Tensor, int, AreaBounds]]:
+        """Per layout in turn (plain areas, then shifted ones with ``shift``): each token's area
+        id (padded tokens: the extra id ``count``), the number of areas and the static bounds."""
         pos = grid_positions(ids, grid)
-        plain = [(area_index(*pos, grid, self.splits), self.splits.num_areas)]
-        return plain + [shifted_area_index(*pos, grid, self.splits)] if self.shift else plain
+        kinds = [(area_index(*pos, grid, self.splits), self.splits.num_areas, False)]
+        if self.shift:
+            kinds.append((*shifted_area_index(*pos, grid, self.splits), True))
+        out = []
+        for area, count, shifted in kinds:
+            if valid is not None:
+                area = torch.where(valid, area, count)
+            out.append((area, count, area_bounds(grid, self.splits, ids.shape[1], shifted, valid is not None)))
+        return out
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor | None, tuple[AreaLayout, ...]]:
-        numel = grid[0] * grid[1] * grid[2]
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto",
+                valid: Tensor | None = None) -> tuple[Tensor | None, tuple[AreaLayout, ...]]:
+        layouts = self._area_ids(ids, grid, valid)
         if self.reorder == "per_layer":  # attention sorts and restores in every layer, as the published code
             order = None
         else:
-            order, layout = sorted_area_layout(ids, grid, self.splits, backend)
+            area, count, bounds = layouts[0]
+            order = area_sort(area, ids, grid)
+            first = AreaLayout(area.gather(1, order), count, backend, bounds=bounds)
             if not self.shift:
-                return order, (layout,)
-            ids = ids.gather(1, order)
-        layouts = []
-        for i, (area, count) in enumerate(self._area_ids(ids, grid)):
-            if i == 0 and order is not None:
-                layouts.append(layout)  # already in its own sorted order
-                continue
-            layouts.append(AreaLayout(area, count, backend, reorder=(area * numel + ids).argsort(dim=1)))
-        return order, tuple(layouts)
+                return order, (first,)
+            ids, layouts = ids.gather(1, order), [(a.gather(1, order), c, b) for a, c, b in layouts]
+        built = [first] if order is not None else []  # the first is already in its own sorted order
+        for area, count, bounds in layouts[len(built):]:
+            built.append(AreaLayout(area, count, backend, reorder=area_sort(area, ids, grid), bounds=bounds))
+        return order, tuple(built)
 
     def mask(self, ids: Tensor, grid: Grid) -> tuple[Tensor, ...]:
-        return tuple(area[:, :, None] == area[:, None, :] for area, _ in self._area_ids(ids, grid))
+        return tuple(area[:, :, None] == area[:, None, :] for area, _, _ in self._area_ids(ids, grid))
 
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int, ...]:
         out = []
-        for area, count in self._area_ids(ids.cpu(), grid):
+        for area, count, _ in self._area_ids(ids.cpu(), grid):
             counts = torch.zeros(ids.shape[0], count, dtype=torch.long)
             counts.scatter_add_(1, area, torch.ones_like(area))
             out.append(int((counts ** 2).sum()))

@@ -7,7 +7,8 @@ takes every d-th cell of the query's own residue class (p mod d). Along an axis 
 for a query at i with kernel k and dilation d: the class holds G = ceil((L - i mod d) / d)
 cells, the window starts at ``clamp(i // d - k // 2, 0, G - k)`` in class units and holds k of
 them. With sparse (masked) tokens the window is the same set of cells; only the tokens present
-are attended to.
+are attended to; padded tokens (``valid`` False, index lists of a fixed length) are never keys.
+Every shape comes from the token count: no host reads.
 
 Backends: ``dense`` (the reference: an explicit (B, 1, N, N) mask and SDPA), ``flex``
 (FlexAttention with a block mask over the flattened batch, compiled on CUDA); ``auto`` picks
@@ -15,7 +16,6 @@ flex on CUDA and dense on the CPU.
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor
 from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import create_block_mask, flex_attend, masked_attend
 from ..grid import Grid, grid_positions
-from . import register_kind
+from . import layout_cache, register_kind
 
 AXES = ("t", "h", "w")
 
@@ -63,27 +63,33 @@ def cells_of(ids: Tensor, grid: Grid, cell: Sequence[int]) -> tuple[tuple[Tensor
 
 class WindowLayout:
     """What a window kind hands its layers for one forward: each token's cell coordinates and
-    the window rule over cells; ``attend`` for (B, heads, N, D) in the same token order."""
+    the window rule over cells, ``valid`` (B, N) the real tokens (None: all); ``attend`` for
+    (B, heads, N, D) in the same token order."""
 
     def __init__(self, cells: tuple[Tensor, ...], grid: Grid, window: Sequence[int], dilation: Sequence[int],
-                 backend: str):
+                 backend: str, valid: Tensor | None = None):
         self.cells, self.grid, self.window, self.dilation = cells, grid, tuple(window), tuple(dilation)
+        self.valid = valid
         self.backend = backend if backend != "auto" else ("flex" if cells[0].device.type == "cuda" else "dense")
 
-    @cached_property
+    @layout_cache
     def dense_mask(self) -> Tensor:
-        return window_mask(self.cells, self.grid, self.window, self.dilation)[:, None]
+        mask = window_mask(self.cells, self.grid, self.window, self.dilation)
+        if self.valid is not None:  # no padded key; a padded query sees every key (its output is unused)
+            mask = mask & self.valid[:, None, :] | ~self.valid[:, :, None]
+        return mask[:, None]
 
-    @cached_property
+    @layout_cache
     def block_mask(self):
         B, N = self.cells[0].shape
         flat = [c.reshape(-1) for c in self.cells]
         sample = torch.arange(B, device=flat[0].device).repeat_interleave(N)
+        valid = torch.ones(B * N, dtype=torch.bool, device=sample.device) if self.valid is None else self.valid.reshape(-1)
         grid, window, dilation = self.grid, self.window, self.dilation
 
-        def same_sample_in_window(b, head, q_idx, kv_idx):
+        def same_sample_in_window(b, head, q_idx, kv_idx):  # a padded query's row is empty: flex outputs 0
             q_pos, k_pos = [c[q_idx] for c in flat], [c[kv_idx] for c in flat]
-            return (sample[q_idx] == sample[kv_idx]) & in_window(q_pos, k_pos, grid, window, dilation)
+            return (sample[q_idx] == sample[kv_idx]) & valid[kv_idx] & in_window(q_pos, k_pos, grid, window, dilation)
 
         return create_block_mask(same_sample_in_window, None, None, B * N, B * N, device=flat[0].device)
 
@@ -158,9 +164,10 @@ class NeighborhoodKind:
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
         return (window_pairs(ids, grid, (1, 1, 1), self.window, self.dilation),)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[WindowLayout]]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto",
+                valid: Tensor | None = None) -> tuple[Tensor, tuple[WindowLayout]]:
         """Tokens in grid order (t-major): neighbours sit close together, so flex's block mask is sparse."""
         one_of(backend, "backend", self.BACKENDS)
         order = ids.argsort(dim=1)
         return order, (WindowLayout(grid_positions(ids.gather(1, order), grid), grid, self.window, self.dilation,
-                                    backend),)
+                                    backend, None if valid is None else valid.gather(1, order)),)

@@ -12,8 +12,8 @@ Backends compute the same function:
 ``gather``  tokens packed per tile, every tile's window of tiles gathered into one key set, plain
             SDPA (:func:`~stjepa.models.attention_backends.attend_key_blocks`). With every token
             present (target encoder, probes) all tiles are full, so there is no mask and no
-            padding; with sparse tokens each tile is padded to the fullest one (its size read to
-            the host once per forward). It costs wt * wh * ww copies of K and V, which on the CPU
+            padding; with sparse tokens each tile gets a tile's worth of slots (at most N), known
+            from the grid, so nothing is read to the host. It costs wt * wh * ww copies of K and V, which on the CPU
             makes it slower than the dense path at the published sizes (BENCHMARKS.md); it is the
             path that fits where dense does not.
 ``auto``    ``flex`` on CUDA; on the CPU ``dense`` up to ``DENSE_MAX_TOKENS`` tokens, else ``gather``.
@@ -22,15 +22,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import ArgumentError, one_of, positive_int
 from ..attention_backends import attend_key_blocks
 from ..grid import Grid
-from . import DENSE_MAX_TOKENS, register_kind
+from . import DENSE_MAX_TOKENS, layout_cache, register_kind
 from .neighborhood import (AXES, WindowLayout, axis_window_start, cells_of, odd_window, window_mask,
                            window_pairs)
 
@@ -54,11 +54,15 @@ def check_tiles(tile: Sequence[int], grid: Grid, name: str) -> Grid:
     return tuple(length // size for length, size in zip(grid, tile))
 
 
-def tile_sorted(ids: Tensor, grid: Grid, tile: Sequence[int]) -> tuple[Tensor, tuple[Tensor, ...]]:
+def tile_sorted(ids: Tensor, grid: Grid, tile: Sequence[int],
+                valid: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The permutation that sorts tokens at ``ids`` (B, N) by tile (t-major over tiles), then grid
-    position, so each tile is one run of the order; and the tokens' tile coordinates in that order."""
+    position, so each tile is one run of the order, padded tokens (``valid`` False) last; and the
+    tokens' tile coordinates in that order."""
     cells, tiles = cells_of(ids, grid, tile)
     tile_id = (cells[0] * tiles[1] + cells[1]) * tiles[2] + cells[2]
+    if valid is not None:
+        tile_id = torch.where(valid, tile_id, tiles[0] * tiles[1] * tiles[2])
     order = (tile_id * (grid[0] * grid[1] * grid[2]) + ids).argsort(dim=1)
     return order, tuple(c.gather(1, order) for c in cells)
 
@@ -68,16 +72,17 @@ class TileWindowLayout(WindowLayout):
     the window layout's ``dense`` and ``flex``."""
 
     def __init__(self, tile_cells: tuple[Tensor, ...], tile: Sequence[int], grid: Grid, tile_window: Sequence[int],
-                 backend: str):
+                 backend: str, valid: Tensor | None = None):
         tiles = tuple(length // size for length, size in zip(grid, tile))
         self.num_tiles, self.tile_volume = tiles[0] * tiles[1] * tiles[2], tile[0] * tile[1] * tile[2]
-        self.full = tile_cells[0].shape[1] == self.num_tiles * self.tile_volume  # every tile holds tile_volume
+        # every tile holds tile_volume tokens (every cell present, tile-sorted)
+        self.full = valid is None and tile_cells[0].shape[1] == self.num_tiles * self.tile_volume
         if backend == "auto":
             cpu_choice = "dense" if tile_cells[0].shape[1] <= DENSE_MAX_TOKENS else "gather"
             backend = "flex" if tile_cells[0].device.type == "cuda" else cpu_choice
-        super().__init__(tile_cells, tiles, tile_window, NO_DILATION, backend)
+        super().__init__(tile_cells, tiles, tile_window, NO_DILATION, backend, valid)
 
-    @cached_property
+    @layout_cache
     def window_table(self) -> Tensor:
         """(tiles, wt * wh * ww): the tiles in each tile's window (flat, t-major)."""
         device = self.cells[0].device
@@ -88,21 +93,25 @@ class TileWindowLayout(WindowLayout):
                  + members[2][None, None, :, None, None, :])
         return table.reshape(self.num_tiles, -1)
 
-    @cached_property
+    @layout_cache
     def _slots(self) -> tuple[Tensor, int, Tensor | None]:
-        """Slot of each token when tiles are packed C slots apart, C, and which slots hold tokens
-        (None when all do)."""
+        """Slot of each token when tiles are packed C slots apart (C: a tile's cells, at most N;
+        padded tokens go to a last slot past the tiles), C, and which slots hold tokens (None
+        when all do). Shapes from the grid only: no host read."""
         t, h, w = self.cells
         B, N = t.shape
         if self.full:  # tile-sorted and every tile full: token i sits in slot i
             return torch.arange(N, device=t.device).expand(B, N), self.tile_volume, None
         tile_id = (t * self.grid[1] + h) * self.grid[2] + w
-        counts = torch.zeros(B, self.num_tiles, dtype=torch.long, device=t.device).scatter_add_(
+        if self.valid is not None:
+            tile_id = torch.where(self.valid, tile_id, self.num_tiles)  # the padding: one more "tile"
+        counts = torch.zeros(B, self.num_tiles + 1, dtype=torch.long, device=t.device).scatter_add_(
             1, tile_id, torch.ones_like(tile_id))
-        width = int(counts.max())  # the layout's host sync
+        width = min(self.tile_volume, N)
         rank = torch.arange(N, device=t.device) - (counts.cumsum(1) - counts).gather(1, tile_id)
-        valid = torch.arange(width, device=t.device) < counts[..., None]
-        return tile_id * width + rank, width, valid
+        slot = torch.where(tile_id < self.num_tiles, tile_id * width + rank, self.num_tiles * width)
+        valid = torch.arange(width, device=t.device) < counts[:, :self.num_tiles, None]
+        return slot, width, valid
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.backend != "gather":
@@ -111,14 +120,14 @@ class TileWindowLayout(WindowLayout):
         B, heads, N, D = q.shape
         index = slot[:, None, :, None].expand(B, heads, N, D)
 
-        def pack(x: Tensor) -> Tensor:
+        def pack(x: Tensor) -> Tensor:  # padded tokens land in the one slot past the tiles, then dropped
             if valid is None:
                 return x.view(B, heads, self.num_tiles, width, D)
-            return x.new_zeros(B, heads, self.num_tiles * width, D).scatter(2, index, x).view(
-                B, heads, self.num_tiles, width, D)
+            packed = x.new_zeros(B, heads, self.num_tiles * width + 1, D).scatter(2, index, x)
+            return packed[:, :, :-1].view(B, heads, self.num_tiles, width, D)
 
         out = attend_key_blocks(pack(q), pack(k), pack(v), self.window_table, valid)
-        return out.reshape(B, heads, -1, D).gather(2, index)
+        return F.pad(out.reshape(B, heads, -1, D), (0, 0, 0, 1)).gather(2, index)
 
 
 @register_kind
@@ -153,9 +162,11 @@ class SlidingTileKind:
     def pairs(self, ids: Tensor, grid: Grid) -> tuple[int]:
         return (window_pairs(ids, grid, self.tile, self.tile_window, NO_DILATION),)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[WindowLayout]]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto",
+                valid: Tensor | None = None) -> tuple[Tensor, tuple[WindowLayout]]:
         """Tokens sorted by tile (t-major over tiles), then grid position: each tile is a run of
         the order, so the window over tiles is block-sparse."""
         one_of(backend, "backend", self.BACKENDS)
-        order, sorted_tiles = tile_sorted(ids, grid, self.tile)
-        return order, (TileWindowLayout(sorted_tiles, self.tile, grid, self.tile_window, backend),)
+        order, sorted_tiles = tile_sorted(ids, grid, self.tile, valid)
+        return order, (TileWindowLayout(sorted_tiles, self.tile, grid, self.tile_window, backend,
+                                        None if valid is None else valid.gather(1, order)),)

@@ -9,6 +9,10 @@ The selection is computed without gradient (as in MoBA); attention inside the se
 is differentiated. A forward with fewer than ``top_k + 1`` blocks (few visible tokens) lets
 every block see every block.
 
+Padded tokens (``valid`` False, index lists of a fixed length) are sorted after the real ones
+and are never keys: a block's mean counts its real tokens only, a block with none is never
+chosen over one with some, and every shape comes from the token count (no host reads).
+
 Backends compute the same function:
 
 ``gather``  each query block's k + 1 key blocks gathered into one key set, plain SDPA on
@@ -37,11 +41,12 @@ class TopkBlockLayout:
     """Blocks of ``block_size`` consecutive tokens (in the order attention runs in) for one
     forward; ``attend`` selects and attends per layer."""
 
-    def __init__(self, tokens: int, block_size: int, top_k: int, backend: str):
+    def __init__(self, tokens: int, block_size: int, top_k: int, backend: str, valid: Tensor | None = None):
         self.tokens, self.block_size = tokens, block_size
         self.num_blocks = -(-tokens // block_size)
         self.chosen = min(top_k, self.num_blocks - 1) + 1  # own block first, then the top k
         self.backend = "gather" if backend == "auto" else backend
+        self.valid = valid  # (B, N) real tokens in attention order (padded ones last), None: all
 
     def _blocks(self, x: Tensor) -> Tensor:
         """(B, heads, N, D) -> (B, heads, blocks, block_size, D), the last block zero-padded."""
@@ -49,20 +54,28 @@ class TopkBlockLayout:
         return F.pad(x, (0, 0, 0, pad)).unflatten(2, (self.num_blocks, self.block_size))
 
     def _valid(self, device: torch.device) -> Tensor:
-        """(blocks, block_size): which slots hold tokens."""
-        slots = torch.arange(self.num_blocks * self.block_size, device=device)
-        return (slots < self.tokens).view(self.num_blocks, self.block_size)
+        """(B or 1, blocks, block_size): which slots hold real tokens."""
+        if self.valid is None:
+            slots = torch.arange(self.num_blocks * self.block_size, device=device)
+            return (slots < self.tokens).view(1, self.num_blocks, self.block_size)
+        pad = self.num_blocks * self.block_size - self.tokens
+        return F.pad(self.valid, (0, pad)).view(-1, self.num_blocks, self.block_size)
 
     def select(self, q: Tensor, k: Tensor) -> Tensor:
         """(B, heads, blocks, k + 1) key blocks of every query block: its own, then the top k by
-        mean query . mean key."""
+        mean query . mean key (blocks without a real token last)."""
         with torch.no_grad():
-            sizes = self._valid(q.device).sum(1, dtype=torch.float32)[:, None]
-            q_mean = self._blocks(q).float().sum(3) / sizes
-            k_mean = self._blocks(k).float().sum(3) / sizes
+            valid = self._valid(q.device)[:, None, :, :, None]  # (B or 1, 1, blocks, block_size, 1)
+            sizes = valid.sum(3, dtype=torch.float32).clamp(min=1)
+            q_mean = (self._blocks(q).float() * valid).sum(3) / sizes
+            k_mean = (self._blocks(k).float() * valid).sum(3) / sizes
             score = q_mean @ k_mean.transpose(-1, -2)
+            if self.valid is not None:
+                score = score.masked_fill(~valid.any(3).squeeze(-1)[:, :, None, :], float("-inf"))
             score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
-            return score.topk(self.chosen, dim=-1).indices
+            # ties (zero-initialised mask tokens score 0 everywhere) go to the lower block, whatever
+            # the number of blocks (topk breaks them by its own, size-dependent, order)
+            return score.sort(dim=-1, descending=True, stable=True).indices[..., :self.chosen]
 
     def block_mask(self, q: Tensor, k: Tensor) -> Tensor:
         """(B, heads, blocks, blocks): query block may see key block."""
@@ -76,7 +89,8 @@ class TopkBlockLayout:
 
 def _gather(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     B, heads, N, D = q.shape
-    valid = layout._valid(q.device)[None] if N % layout.block_size else None  # the last block's empty slots
+    # the last block's empty slots, and padded tokens
+    valid = layout._valid(q.device) if N % layout.block_size or layout.valid is not None else None
     out = attend_key_blocks(layout._blocks(q), layout._blocks(k), layout._blocks(v), layout.select(q, k), valid)
     return out.reshape(B, heads, -1, D)[:, :, :N]
 
@@ -84,14 +98,17 @@ def _gather(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 def _dense(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     block_of = torch.arange(q.shape[2], device=q.device) // layout.block_size
     seen = layout.block_mask(q, k)[:, :, block_of][:, :, :, block_of]
+    if layout.valid is not None:  # no padded key; a padded query sees every key (its output is unused)
+        seen = seen & layout.valid[:, None, None, :] | ~layout.valid[:, None, :, None]
     return masked_attend(q, k, v, seen)
 
 
 def _flex(layout: TopkBlockLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     seen, size = layout.block_mask(q, k), layout.block_size
+    valid = torch.ones_like(q[:, 0, :, 0], dtype=torch.bool) if layout.valid is None else layout.valid
 
-    def selected(b, head, q_idx, kv_idx):
-        return seen[b, head, q_idx // size, kv_idx // size]
+    def selected(b, head, q_idx, kv_idx):  # a padded query's row may be empty: flex outputs 0
+        return seen[b, head, q_idx // size, kv_idx // size] & valid[b, kv_idx]
 
     B, heads, N, _ = q.shape
     mask = create_block_mask(selected, B, heads, N, N, device=q.device)
@@ -136,7 +153,9 @@ class TopkBlocksKind:
         blocks = -(-N // self.block_size)
         return (B * N * min(N, (min(self.top_k, blocks - 1) + 1) * self.block_size),)
 
-    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto") -> tuple[Tensor, tuple[TopkBlockLayout]]:
+    def prepare(self, ids: Tensor, grid: Grid, backend: str = "auto",
+                valid: Tensor | None = None) -> tuple[Tensor, tuple[TopkBlockLayout]]:
         one_of(backend, "backend", self.BACKENDS)
-        order, _ = tile_sorted(ids, grid, self.block)
-        return order, (TopkBlockLayout(ids.shape[1], self.block_size, self.top_k, backend),)
+        order, _ = tile_sorted(ids, grid, self.block, valid)
+        return order, (TopkBlockLayout(ids.shape[1], self.block_size, self.top_k, backend,
+                                       None if valid is None else valid.gather(1, order)),)
