@@ -70,9 +70,9 @@ def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: 
         encoder = build_encoder(model, built, crop, frames)
         build_predictor(model, built, encoder)
     init_from = model.get("init_from")
-    if init_from and not Path(init_from).is_file():
-        raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt or "
-                          f"a train.py .ckpt.")
+    if init_from and not Path(init_from).exists():
+        raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt, "
+                          f"a train.py .ckpt or a transformers V-JEPA 2 folder.")
     return built
 
 

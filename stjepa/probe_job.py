@@ -13,7 +13,7 @@ import rich.table
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .checkpoint_io import atomic_write_text
 from .checks import check_int
@@ -76,8 +76,9 @@ def check_probe_config(cfg: DictConfig) -> None:
     if (cfg.get("ckpt") is None) == (cfg.get("sweep") is None):
         raise ConfigError("give either ckpt=path/to/last.ckpt (one checkpoint) or sweep=path/to/multirun (every job "
                           "of a train.py -m sweep), not " + ("both." if cfg.get("ckpt") else "neither."))
-    if cfg.get("ckpt") is not None and not Path(cfg.ckpt).is_file():
-        raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
+    if cfg.get("ckpt") is not None and not Path(cfg.ckpt).exists():
+        raise ConfigError(f"ckpt={cfg.ckpt!r} does not exist; give a train.py .ckpt, an official V-JEPA 2 .pt or a "
+                          f"transformers V-JEPA 2 folder.")
     p = cfg.probe
     method = p.get("method", "attentive")
     if method not in METHODS:
@@ -123,7 +124,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     # the layout to probe with; None keeps the one the checkpoint was trained with
     attention = RunAttention.create(plain(cfg.attention)) if cfg.get("attention") is not None else None
     try:  # settings that only the checkpoint's architecture can check (layout vs depth, heads vs width)
-        encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, OmegaConf.to_container(cfg.model, resolve=True),
+        encoder = load_encoder(cfg.ckpt, cfg.probe.encoder_key, plain(cfg.get("model")),
                                attention, cfg.data.crop_size, cfg.data.frames_per_clip, cfg.probe.random_init,
                                cfg.probe.get("init_seed"))
         datamodule = instantiate_checked(cfg.data)
