@@ -36,6 +36,7 @@ from torch import nn
 
 from .architecture import Architecture
 from .errors import CheckpointError
+from .networks import RunAttention
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -248,8 +249,11 @@ def read_folder(folder: Path) -> Folder:
     return Folder(folder, config, to_stjepa(state, str(folder)), config_architecture(config, str(folder)))
 
 
-def hf_config(encoder: nn.Module, predictor: nn.Module, attention: Mapping[str, Any] | None) -> dict[str, Any]:
-    """config.json for transformers' VJEPA2Model from stjepa networks (2.0, GELU MLPs)."""
+def hf_config(encoder: nn.Module, predictor: nn.Module, attention: Mapping[str, Any] | None,
+              clip: tuple[int, int] | None = None) -> dict[str, Any]:
+    """config.json for transformers' VJEPA2Model from stjepa networks (2.0, GELU MLPs); ``clip``
+    (crop size, frames) replaces the encoder's own: transformers places RoPE positions on the
+    crop_size grid, so it must be the size of the clips the model will see."""
     if encoder.generation.name != "2.0" or hasattr(encoder.blocks[0].mlp, "fc3"):
         kind = f"V-JEPA {encoder.generation.name}" if encoder.generation.name != "2.0" else "SwiGLU-MLP"
         raise CheckpointError(f"transformers has V-JEPA 2.0 models with GELU MLPs only; this {kind} model has no "
@@ -261,8 +265,8 @@ def hf_config(encoder: nn.Module, predictor: nn.Module, attention: Mapping[str, 
         "hidden_size": width, "num_hidden_layers": encoder.depth, "num_attention_heads": encoder.num_heads,
         "mlp_ratio": mlp_ratio(width, block.mlp.fc1.out_features), "hidden_act": "gelu",
         "patch_size": encoder.patch_size, "tubelet_size": encoder.tubelet_size,
-        "in_chans": encoder.patch_embed.proj.in_channels, "crop_size": encoder.img_size,
-        "frames_per_clip": encoder.num_frames, "layer_norm_eps": block.norm1.eps,
+        "in_chans": encoder.patch_embed.proj.in_channels, "crop_size": (clip or (encoder.img_size,))[0],
+        "frames_per_clip": (clip or (0, encoder.num_frames))[1], "layer_norm_eps": block.norm1.eps,
         "qkv_bias": block.attn.qkv.bias is not None, "drop_path_rate": 0.0,
         "pred_hidden_size": pred_width, "pred_num_hidden_layers": predictor.depth,
         "pred_num_attention_heads": predictor.num_heads, "pred_num_mask_tokens": len(predictor.mask_tokens),
@@ -281,16 +285,26 @@ def mlp_ratio(width: int, hidden: int) -> float:
     return ratio
 
 
+def local_attention_note(attention: Mapping[str, Any] | None) -> str | None:
+    """The sentence an export of a model trained with local attention states; None for global attention."""
+    run = RunAttention.create(attention)
+    if not (run.encoder.has_local_layers or run.predictor.has_local_layers):
+        return None
+    return (f"transformers runs every layer with global attention; this model was trained with {run.kind} attention "
+            f"({run.tag}), which stjepa reloads from the '{STJEPA_ENTRY}' entry of {CONFIG}.")
+
+
 def export_hf(folder: str | os.PathLike, encoder: nn.Module, predictor: nn.Module,
-              attention: Mapping[str, Any] | None = None) -> Path:
+              attention: Mapping[str, Any] | None = None, clip: tuple[int, int] | None = None) -> Path:
     """Write ``folder`` (config.json, model.safetensors) that ``VJEPA2Model.from_pretrained``
     loads; ``attention`` is the stjepa attention group the model was trained with, kept in
-    config.json's ``stjepa`` entry. Written to a temporary folder renamed at the end: an
-    earlier export at ``folder`` stays whole until the new one is complete."""
+    config.json's ``stjepa`` entry when it has local layers (:func:`local_attention_note`).
+    Written to a temporary folder renamed at the end: an earlier export at ``folder`` stays
+    whole until the new one is complete. ``clip``: see :func:`hf_config`."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    config = hf_config(encoder, predictor, attention)
+    config = hf_config(encoder, predictor, attention if local_attention_note(attention) else None, clip)
     state = {**from_stjepa("encoder", encoder.state_dict()), **from_stjepa("predictor", predictor.state_dict())}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (folder.with_name(f".{folder.name}.{tag}-{os.getpid()}") for tag in ("tmp", "old"))

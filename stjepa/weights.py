@@ -28,7 +28,8 @@ from . import hf_format
 from .architecture import Architecture, official_architecture
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
-from .networks import ENCODER_HPARAMS, RunAttention, build_encoder, config_key, encoder_args, predictor_args
+from .networks import (ENCODER_HPARAMS, RunAttention, build_encoder, build_predictor, config_key, encoder_args,
+                       predictor_args)
 from .models import VisionTransformer, VisionTransformerPredictor
 from .models.attentive_probe import AttentiveClassifier
 from .models.versions import generation_of_state
@@ -314,7 +315,15 @@ def load_encoder(
     probe must beat), drawn from ``init_seed`` when given (else from the current random state)."""
     if key not in ("target_encoder", "encoder"):
         raise CheckpointError(f"probe.encoder_key={key!r} is not known; allowed values are target_encoder, encoder.")
-    weights = read_weights(path)
+    return encoder_of(read_weights(path), key, model, attention, crop_size, frames_per_clip, random_init, init_seed)
+
+
+def encoder_of(weights: Weights, key: str = "target_encoder", model: Mapping[str, Any] | None = None,
+               attention: Mapping[str, Any] | None = None, crop_size: int | None = None,
+               frames_per_clip: int | None = None, random_init: bool = False,
+               init_seed: int | None = None) -> VisionTransformer:
+    """:func:`load_encoder` on a file already read."""
+    path = weights.path
     state = weights.part(key)
     if weights.hparams is not None:
         hp = weights.hparams
@@ -339,3 +348,17 @@ def load_encoder(
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")
     return encoder
+
+
+def networks_for_export(path: str | os.PathLike, key: str = "target_encoder"
+                        ) -> tuple[VisionTransformer, VisionTransformerPredictor, dict | None]:
+    """The encoder (``key``) and predictor of any checkpoint format, with the attention group
+    they were trained with (None: global attention, or not known)."""
+    weights = read_weights(path)
+    encoder = encoder_of(weights, key)
+    if weights.hparams is not None:
+        attention = RunAttention.from_checkpoint(weights.hparams["attention"])
+        predictor = build_predictor(weights.hparams["model"], attention, encoder)
+        load_strict(predictor, weights.part("predictor"), f"'predictor' in {str(path)!r}")
+        return encoder, predictor, attention.group
+    return encoder, load_networks(path, keys=("predictor",))["predictor"], weights.attention

@@ -183,3 +183,35 @@ def test_a_classification_folder_gives_transformers_logits(tmp_path):
         theirs = model(video).logits
     assert mine.shape == (2, 5)
     torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.slow
+def test_a_training_run_writes_a_transformers_folder_and_the_command_exports_any_checkpoint(tmp_path, capsys):
+    """The end of train.py writes checkpoints/vjepa2_hf (area attention: the layout kept for
+    stjepa, the note about transformers' global attention); scripts/export_hf.py writes the same
+    from the .ckpt, and refuses a missing file in one line."""
+    import importlib.util
+
+    from train_helpers import ROOT, run_train
+
+    run_train(tmp_path / "run", "trainer.max_steps=2", "attention=area_2x2")
+    ckpts = tmp_path / "run" / "checkpoints"
+    folder = ckpts / "vjepa2_hf"
+    model, info = VJEPA2Model.from_pretrained(folder, output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}
+    trained = load_encoder(ckpts / "last.ckpt")
+    reloaded = load_encoder(folder)
+    assert reloaded.attention.tag == trained.attention.tag and any(reloaded.attention_pattern)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+    spec = importlib.util.spec_from_file_location("export_hf", ROOT / "scripts" / "export_hf.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(ckpts / "last.ckpt"), str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "note: transformers runs every layer with global attention; this model was trained with area" in out
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert script.main([str(tmp_path / "nope.pt"), str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint file '{tmp_path / 'nope.pt'}' does not exist."
+    assert not (tmp_path / "x").exists()
