@@ -215,3 +215,35 @@ def test_a_training_run_writes_a_transformers_folder_and_the_command_exports_any
     assert script.main([str(tmp_path / "nope.pt"), str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == f"error: checkpoint file '{tmp_path / 'nope.pt'}' does not exist."
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_probe_scores_the_shipped_classifier_as_transformers_does(tmp_path, hf_model, capsys):
+    """probe.py ckpt=<classification folder> probe=shipped: no training; its top-1 is the hand
+    count of transformers' own predictions on the same validation clips. A folder without a
+    classifier is refused in one line."""
+    from hydra.utils import instantiate
+
+    from stjepa.probe_job import probe
+    from train_helpers import compose_config, exit_in_process
+
+    overrides = ["data.crop_size=64", "data.frames_per_clip=4", "data.val_size=16", "data.train_size=16",
+                 "data.batch_size=8", "data.num_workers=0", "print_config=false", "probe=shipped"]
+    data = instantiate(compose_config(tmp_path, ["ckpt=x", *overrides], config_name="probe").data)
+    data.setup("fit")
+    labels = {i: f"direction {i}" for i in range(data.num_classes)}
+    model = randomized(VJEPA2ForVideoClassification(VJEPA2Config(**TINY, id2label=labels))).float()
+    model.save_pretrained(tmp_path / "cls")
+    results = probe(compose_config(tmp_path / "probe", [f"ckpt={tmp_path / 'cls'}", *overrides], config_name="probe"))
+    hits = total = 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            logits = model(batch["video"].permute(0, 2, 1, 3, 4)).logits
+            hits, total = hits + int((logits.argmax(1) == batch["label"]).sum()), total + len(logits)
+    assert results["method"] == "shipped" and results["best"]["shipped"] and results["heads"][0]["val_clips"] == total
+    assert results["best"]["top1"] == pytest.approx(hits / total)
+    _, folder = hf_model
+    status, err = exit_in_process(capsys, tmp_path / "bad", [f"ckpt={folder}", *overrides], "probe")
+    assert status == 2 and err.strip().splitlines()[-1] == (
+        f"error: probe=shipped scores the trained classifier of a transformers VJEPA2ForVideoClassification folder; "
+        f"ckpt='{folder}' is none (probe=default trains one).")

@@ -215,7 +215,8 @@ def test_probe_py_bad_checkpoint_is_one_line(tmp_path):
     out = run_script("probe.py", f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == f"error: ckpt='{tmp_path / 'missing.ckpt'}' does not exist; " \
-                                                  "give a train.py .ckpt or an official V-JEPA 2 .pt."
+                                                  "give a train.py .ckpt, an official V-JEPA 2 .pt or a transformers " \
+                                                  "V-JEPA 2 folder."
 
 
 @pytest.mark.slow
