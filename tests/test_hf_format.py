@@ -247,3 +247,29 @@ def test_probe_scores_the_shipped_classifier_as_transformers_does(tmp_path, hf_m
     assert status == 2 and err.strip().splitlines()[-1] == (
         f"error: probe=shipped scores the trained classifier of a transformers VJEPA2ForVideoClassification folder; "
         f"ckpt='{folder}' is none (probe=default trains one).")
+
+
+def test_training_starts_from_a_transformers_folder_with_area_attention(hf_model, tmp_path):
+    """train.py model.init_from=<folder>: the Hub weights annealed with area attention; a model
+    group that contradicts config.json is refused naming both values."""
+    from safetensors.torch import load_file
+
+    from stjepa.preflight import instantiate_checked
+    from train_helpers import compose_config
+
+    _, folder = hf_model
+    tiny = ["model.embed_dim=64", "model.depth=2", "model.num_heads=4", "model.pred_depth=2", "model.pred_embed_dim=32",
+            "model.pred_num_heads=2", "model.num_mask_tokens=3", "data.crop_size=64", "data.frames_per_clip=4",
+            "attention=area_2x2", f"model.init_from={folder}"]
+    module = instantiate_checked(compose_config(tmp_path, tiny).module, _convert_="all")
+    assert any(module.encoder.attention_pattern)
+    hub = load_file(folder / "model.safetensors")
+    q, k, v = (hub[f"encoder.layer.1.attention.{p}.weight"] for p in ("query", "key", "value"))
+    for net in (module.encoder, module.target_encoder):
+        assert torch.equal(net.blocks[1].attn.qkv.weight, torch.cat([q, k, v]).float())
+        assert torch.equal(net.norm.bias, hub["encoder.layernorm.bias"].float())
+    assert torch.equal(module.predictor.mask_tokens[2], hub["predictor.embeddings.mask_tokens"][2].float())
+    assert torch.equal(module.predictor.predictor_proj.weight, hub["predictor.proj.weight"].float())
+    with pytest.raises(CheckpointError, match=r"^model.pred_num_heads=4 but the predictor in folder .* has 2 heads; "
+                                              r"give model.pred_num_heads=2 \(the file fixes it\).$"):
+        instantiate_checked(compose_config(tmp_path, [*tiny, "model.pred_num_heads=4"]).module, _convert_="all")
