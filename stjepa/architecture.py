@@ -39,8 +39,6 @@ OFFICIAL_PREDICTOR_HEAD_WIDTH = 32
 # drop_path_rate, ...) the user chooses freely
 ENCODER_FIXED = ("embed_dim", "depth", "num_heads", "mlp_ratio", "use_swiglu", "patch_size", "tubelet_size",
                  "version")
-PREDICTOR_FIXED = ("embed_dim", "predictor_embed_dim", "depth", "num_heads", "num_mask_tokens", "mlp_ratio",
-                   "version", "levels", "out_embed_dim", "predict_context")
 WORDS = {"embed_dim": "width {}", "predictor_embed_dim": "width {}", "depth": "{} blocks", "num_heads": "{} heads",
          "num_mask_tokens": "{} mask tokens", "patch_size": "patch size {}", "tubelet_size": "tubelet size {}",
          "mlp_ratio": "MLP ratio {:g}", "use_swiglu": "use_swiglu={}", "version": "V-JEPA {}", "levels": "{} levels",
@@ -98,21 +96,27 @@ class Architecture:
         e = self.encoder
         return f"{'a ' + self.size if self.size else 'an'} encoder (width {e['embed_dim']}, depth {e['depth']})"
 
+    def of(self, part: str) -> dict[str, Any]:
+        return self.encoder if part == "encoder" else self.predictor
+
     def refuse(self, name: str, given: Any, part: str, arg: str) -> CheckpointError:
-        found = (self.encoder if part == "encoder" else self.predictor)[arg]
+        found = self.of(part)[arg]
         return CheckpointError(f"{name}={given!r} but the {part} in {self.where} has {WORDS[arg].format(found)}; "
                                f"give {name}={found!r} (the file fixes it).")
 
-    def built(self, part: str, given: dict[str, Any]) -> dict[str, Any]:
-        """``given`` with the file's numbers (a given head count wins over an assumed one)."""
+    def built(self, part: str, given: dict[str, Any], name_of: NameOf, shape: str) -> dict[str, Any]:
+        """``given`` with the file's numbers (a given head count wins over an assumed one);
+        ``shape`` describes the network when neither the file nor ``given`` has its heads."""
+        if self.of(part)["num_heads"] is None and "num_heads" not in given:
+            raise CheckpointError(f"{shape} and does not state its heads; give {name_of('num_heads', part)}.")
         out = dict(given)
-        for arg, value in (self.encoder if part == "encoder" else self.predictor).items():
+        for arg, value in self.of(part).items():
             if value is not None and not ((part, arg) in self.assumed and arg in given):
                 out[arg] = value
         return out
 
     def check(self, part: str, given: Mapping[str, Any], name_of: NameOf, width: int) -> None:
-        found = self.encoder if part == "encoder" else self.predictor
+        found = self.of(part)
         for arg, value in given.items():
             if value is None or arg not in found or (part, arg) in self.assumed or found[arg] is None:
                 continue
@@ -137,11 +141,8 @@ class Architecture:
                                       f"{hint}.")
             checked.update(given)
         self.check("encoder", checked, name_of, self.encoder["embed_dim"])
-        if self.encoder["num_heads"] is None and "num_heads" not in given:
-            raise CheckpointError(f"{self.where} holds an encoder of width {self.encoder['embed_dim']} and depth "
-                                  f"{self.encoder['depth']}, which is no V-JEPA 2 size, and does not state its heads; "
-                                  f"give {name_of('num_heads', 'encoder')}.")
-        return self.built("encoder", given)
+        return self.built("encoder", given, name_of, f"{self.where} holds an encoder of width "
+                          f"{self.encoder['embed_dim']} and depth {self.encoder['depth']}, which is no V-JEPA 2 size,")
 
     def predictor_args(self, given: Mapping[str, Any] | None = None, name_of: NameOf = keyword_name) -> dict[str, Any]:
         """VisionTransformerPredictor arguments: the file's architecture, ``given``'s other arguments."""
@@ -149,11 +150,9 @@ class Architecture:
             raise CheckpointError(f"{self.where} holds no predictor.")
         given = {k: v for k, v in (given or {}).items() if v is not None}
         self.check("predictor", given, name_of, self.predictor["predictor_embed_dim"])
-        if self.predictor["num_heads"] is None and "num_heads" not in given:
-            raise CheckpointError(f"the predictor in {self.where} is {self.predictor['predictor_embed_dim']} wide, "
-                                  f"which no head count of the released predictors divides, and the file does not "
-                                  f"state its heads; give {name_of('num_heads', 'predictor')}.")
-        return self.built("predictor", given)
+        return self.built("predictor", given, name_of, f"the predictor in {self.where} is "
+                          f"{self.predictor['predictor_embed_dim']} wide, which no head count of the released "
+                          f"predictors divides,")
 
 
 def official_architecture(where: str, encoder: Mapping[str, torch.Tensor] | None,

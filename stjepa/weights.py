@@ -157,12 +157,12 @@ def load_networks(
     if arch is None:
         raise CheckpointError(f"checkpoint file {str(path)!r} is a train.py checkpoint; its networks load with "
                               f"stjepa.weights.load_encoder or JEPAPretrainModule.load_from_checkpoint.")
+    states = {key: weights.part(key) for key in keys}  # every part asked for is there, before any work
     layout = RunAttention.from_checkpoint(weights.attention) if weights.attention else None
     enc_args = arch.encoder_args({"size": size, **dict(encoder or {})}) if arch.encoder else dict(encoder or {})
     enc_args = {**weights.input_size, "attention": layout and layout.encoder, **enc_args}
     modules: dict[str, nn.Module] = {}
-    for key in keys:
-        state = weights.part(key)
+    for key, state in states.items():
         if key == "classifier":
             module: nn.Module = AttentiveClassifier(**weights.classifier)
         elif key == "predictor":

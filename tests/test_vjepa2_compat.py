@@ -184,7 +184,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         load_official(path, keys=("encoder",))
     del raw["target_encoder"]
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match="no 'target_encoder' entry"):
+    with pytest.raises(CheckpointError, match="has no 'target_encoder' weights; it has encoder, predictor"):
         load_official(path, "vit_tiny", encoder=dict(depth=3))
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="could not be read"):
