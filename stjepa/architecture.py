@@ -19,7 +19,7 @@ An :class:`Architecture` holds constructor arguments (``VisionTransformer``,
 ``VisionTransformerPredictor``); :meth:`Architecture.encoder_args` and
 :meth:`Architecture.predictor_args` check what the user gave and return the arguments to build
 with. ``name_of(arg, part)`` names a given argument as the user wrote it (a config key such as
-``model.pred_depth``, or the keyword of :func:`stjepa.weights.load_official`).
+``model.pred_depth``, or the keyword of :func:`stjepa.weights.load_networks`).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ NameOf = Callable[[str, str], str]
 
 
 def keyword_name(arg: str, part: str) -> str:
-    """How :func:`stjepa.weights.load_official` spells an argument: ``predictor['depth']``."""
+    """How :func:`stjepa.weights.load_networks` spells an argument: ``predictor['depth']``."""
     return "size" if arg == "size" else f"{part}[{arg!r}]"
 
 
@@ -155,6 +155,19 @@ class Architecture:
                           f"predictors divides,")
 
 
+def count_mask_tokens(state: Mapping[str, Any]) -> int:
+    return sum(1 for k in state if k.startswith("mask_tokens."))
+
+
+def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
+    """Predictor arguments a deeply supervised (2.1) state dict fixes: levels, target width, context head."""
+    fused = state.get("predictor_embed.0.weight")
+    levels = 1 if fused is None else fused.shape[1] // fused.shape[0]  # Linear(levels * D, D)
+    out = state["predictor_proj.weight"].shape[0] // levels
+    return dict(levels=levels, out_embed_dim=None if out == embed_dim else out,
+                predict_context="predictor_proj_context.weight" in state)
+
+
 def official_architecture(where: str, encoder: Mapping[str, torch.Tensor] | None,
                           predictor: Mapping[str, torch.Tensor] | None,
                           heads: Mapping[str, int] | None = None) -> Architecture:
@@ -176,8 +189,6 @@ def official_architecture(where: str, encoder: Mapping[str, torch.Tensor] | None
             assumed.add(("encoder", "num_heads"))
     pred = None
     if predictor is not None:
-        from .weights import count_mask_tokens, predictor_shape  # the predictor's 2.1 shape rules live there
-
         found = generation_of_state(predictor)
         width = predictor["predictor_norm.weight"].shape[0]
         fused = predictor.get("predictor_embed.0.weight")  # 2.1 with levels: Linear(levels * D, D)

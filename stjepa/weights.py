@@ -1,4 +1,4 @@
-"""Model weights in files: the two formats stjepa reads, strict loading, and the official export.
+"""Model weights in files: the formats stjepa reads, strict loading, and the official export.
 
 - An official V-JEPA 2 or 2.1 ``.pt`` is a dict with ``encoder``, ``predictor`` and
   ``target_encoder`` state dicts (plus optimizer state and counters); parameters carry a
@@ -11,7 +11,10 @@
   ``hyper_parameters`` (the arguments of :func:`~stjepa.networks.build_encoder`), from
   which its architecture is rebuilt.
 
-:func:`read_weights` tells the two apart; everything else works on its result.
+- A transformers folder (``config.json`` + ``*.safetensors``): :mod:`stjepa.hf_format`.
+
+The architecture of an official file or a folder comes from the file (:mod:`stjepa.architecture`).
+:func:`read_weights` tells the formats apart; everything else works on its result.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from . import hf_format
-from .architecture import Architecture, official_architecture
+from .architecture import Architecture, official_architecture, predictor_shape
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
 from .networks import (ENCODER_HPARAMS, RunAttention, build_encoder, build_predictor, config_key, encoder_args,
@@ -92,10 +95,6 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
         module.load_state_dict(state, strict=True)
 
 
-def count_mask_tokens(state: Mapping[str, Any]) -> int:
-    return sum(1 for k in state if k.startswith("mask_tokens."))
-
-
 def check_file_generation(path: str | os.PathLike, key: str, state: Mapping[str, Any], module: nn.Module) -> None:
     """A file's network against the model's generation (``model.version``), in one sentence
     naming both; a predictor's level count too."""
@@ -109,15 +108,6 @@ def check_file_generation(path: str | os.PathLike, key: str, state: Mapping[str,
             raise CheckpointError(f"{key!r} in {str(path)!r} predicts {levels} level(s) but the model's predictor "
                                   f"predicts {module.levels}; a one-level (distilled) predictor loads with "
                                   f"stjepa.weights.load_official, which reads the level count from the file.")
-
-
-def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
-    """Predictor arguments a deeply supervised (2.1) state dict fixes: levels, target width, context head."""
-    fused = state.get("predictor_embed.0.weight")
-    levels = 1 if fused is None else fused.shape[1] // fused.shape[0]  # Linear(levels * D, D)
-    out = state["predictor_proj.weight"].shape[0] // levels
-    return dict(levels=levels, out_embed_dim=None if out == embed_dim else out,
-                predict_context="predictor_proj_context.weight" in state)
 
 
 def official_entries(ckpt: Mapping[str, Any]) -> dict[str, Any]:
