@@ -24,10 +24,10 @@ from .knn import extract, knn_scores, rankme, topk_accuracy
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams, wandb_offline
 from .networks import RunAttention
 from .models import ArgumentError
+from .probe_module import MultiHeadProbe, average_views
 from .train_job import quiet_lightning
 from .utils.rich_config import print_config_tree
 from .wandb_runs import training_run_of, write_summary
-from .probe_module import MultiHeadProbe, average_views
 from .weights import load_encoder, load_networks
 
 RESULTS_FILE = "results.json"
@@ -57,12 +57,10 @@ class OneReading:
         return {"top1": r["top1"], "top5": r["top5"], "heads": [0, 0], "fold_sizes": None}
 
 
-def validation_clips(datamodule, what: str) -> Any:
-    loader = datamodule.val_dataloader() or []
-    if not len(loader):
+def require_clips(count: int, what: str) -> None:
+    if not count:
         raise ConfigError(f"{what} needs validation clips to score; give a data source with a validation set "
                           f"(data.val_size > 0, or validation manifests).")
-    return loader
 
 
 class KNNProbe(OneReading):
@@ -72,8 +70,9 @@ class KNNProbe(OneReading):
         levels = encoder.check_levels(levels)
         self.num_classes = int(datamodule.num_classes)
         encoder = encoder.to(device).eval()
-        queries, labels = extract(encoder, validation_clips(datamodule, "probe=knn"), device, levels)
         bank, bank_labels = extract(encoder, datamodule.train_dataloader(), device, levels)
+        queries, labels = extract(encoder, datamodule.val_dataloader() or [], device, levels)
+        require_clips(len(queries), "probe=knn")
         scores = knn_scores(bank, bank_labels, queries, self.num_classes, k, temperature)
         self.results = [{"head": 0, "k": k, "temperature": temperature, **scored(scores, labels, self.num_classes),
                          "train_clips": len(bank), "rankme": rankme(queries)}]
@@ -93,12 +92,13 @@ class ShippedHead(OneReading):
         encoder, head = encoder.to(device).eval(), head.to(device).eval()
         scores, labels = [], []
         with torch.no_grad():
-            for batch in validation_clips(datamodule, "probe=shipped"):
+            for batch in datamodule.val_dataloader() or []:
                 video = batch["video"].to(device)
                 views = video.shape[1] if video.dim() == 6 else 1
                 logits = head(encoder(video.flatten(0, 1) if video.dim() == 6 else video))
                 scores.append(average_views(logits, views).float().cpu())
                 labels.append(torch.as_tensor(batch["label"]).cpu())
+        require_clips(len(labels), "probe=shipped")
         self.results = [{"head": 0, "shipped": True, **scored(torch.cat(scores), torch.cat(labels), self.num_classes)}]
 
 
