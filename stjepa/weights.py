@@ -119,7 +119,7 @@ def official_entries(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_networks(
-    path: str | os.PathLike,
+    path: "str | os.PathLike | Weights",
     size: str | None = None,
     encoder: Mapping[str, Any] | None = None,
     predictor: Mapping[str, Any] | None = None,
@@ -140,10 +140,11 @@ def load_networks(
     (``target_encoder`` is read from ``ema_encoder`` in the distilled 2.1 files, and is the
     encoder of a transformers folder, which holds one); ``"classifier"`` in ``keys`` gives a
     classification folder's trained attentive probe
-    (:class:`~stjepa.models.attentive_probe.AttentiveClassifier`).
+    (:class:`~stjepa.models.attentive_probe.AttentiveClassifier`). ``path`` may be a file
+    already read (:func:`read_weights`).
     """
-    weights = read_weights(path)
-    arch = weights.architecture
+    weights = path if isinstance(path, Weights) else read_weights(path)
+    path, arch = weights.path, weights.architecture
     if arch is None:
         raise CheckpointError(f"checkpoint file {str(path)!r} is a train.py checkpoint; its networks load with "
                               f"stjepa.weights.load_encoder or JEPAPretrainModule.load_from_checkpoint.")
@@ -351,4 +352,4 @@ def networks_for_export(path: str | os.PathLike, key: str = "target_encoder"
         predictor = build_predictor(weights.hparams["model"], attention, encoder)
         load_strict(predictor, weights.part("predictor"), f"'predictor' in {str(path)!r}")
         return encoder, predictor, attention.group
-    return encoder, load_networks(path, keys=("predictor",))["predictor"], weights.attention
+    return encoder, load_networks(weights, keys=("predictor",))["predictor"], weights.attention
