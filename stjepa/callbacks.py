@@ -1,5 +1,5 @@
 """Lightning callbacks of a pretraining run: checkpoints, the non-finite policy, throughput and
-FLOP logging, the official-layout export, and quieter progress and summary displays."""
+FLOP logging, the official-layout and transformers-format exports, and quieter progress and summary displays."""
 from __future__ import annotations
 
 import math
@@ -13,11 +13,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, UserError
 from .models.arguments import one_of, positive_int
 from .models.flops import train_step_flops
+from .hf_format import export_hf, local_attention_note
 from .weights import export_official
 
 NONFINITE_ACTIONS = ("stop", "skip")
@@ -151,6 +153,30 @@ class ExportOfficial(L.Callback):
         if trainer.is_global_zero:
             export_official(self.path, pl_module.encoder, pl_module.predictor, pl_module.target_encoder,
                             step=trainer.global_step)
+
+
+class ExportHF(L.Callback):
+    """At the end of training, write the target encoder and the predictor in transformers'
+    V-JEPA 2 format to ``<dirpath>/<folder>`` (config.json, model.safetensors; see
+    :mod:`stjepa.hf_format`). A model with no transformers format (V-JEPA 2.1, SwiGLU) is
+    skipped with a warning: the official export keeps it. A local-attention model is written
+    with its layout in config.json, and the note that transformers runs it globally."""
+
+    def __init__(self, dirpath: str, folder: str = "vjepa2_hf") -> None:
+        self.path = Path(dirpath) / folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        group = pl_module.attention.group
+        try:
+            export_hf(self.path, pl_module.target_encoder, pl_module.predictor, group)
+        except UserError as exc:
+            rank_zero_warn(f"no transformers export: {exc}")
+            return
+        note = local_attention_note(group)
+        if note:
+            rank_zero_info(f"{self.path}: {note}")
 
 
 class StepProgressBar(RichProgressBar):

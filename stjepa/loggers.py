@@ -93,10 +93,12 @@ def build_loggers(cfg: DictConfig, attention: RunAttention | None) -> list[Any]:
         if is_wandb(settings):
             # a probe that keeps its checkpoint's layout names no layout (it is not the config's to say)
             layout = f"-{attention.tag}" if attention is not None else ""
-            extra["name"] = settings.get("name") or cfg.get("run_name") or f"{cfg.model.size}{layout}"
+            # a probe without a model group (the checkpoint's architecture) is named by its file
+            size = OmegaConf.select(cfg, "model.size") or Path(str(cfg.get("ckpt") or "checkpoint")).stem
+            extra["name"] = settings.get("name") or cfg.get("run_name") or f"{size}{layout}"
             extra["group"] = settings.get("group") or sweep_group(cfg)
             extra["tags"] = [*(settings.get("tags") or []), *(attention.tags() if attention else []),
-                             f"model:{cfg.model.size}"]
+                             f"model:{size}"]
             extra["offline"] = runs_offline(settings)
         loggers.append(instantiate(settings, **extra))
     return loggers

@@ -120,10 +120,15 @@ def build_encoder(model: Mapping[str, Any], attention: RunAttention | Mapping[st
                                                   **args))
 
 
+def predictor_args(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-group keys that are predictor arguments, by argument name; null keeps the constructor's."""
+    return {arg: model[key] for key, arg in PREDICTOR_KEYS.items() if model.get(key) is not None}
+
+
 def build_predictor(model: Mapping[str, Any], attention: RunAttention | Mapping[str, Any] | None,
                     encoder: VisionTransformer) -> VisionTransformerPredictor:
     """The predictor for ``encoder``, with the layout under ``attention.predictor``."""
-    args = {arg: model[key] for key, arg in PREDICTOR_KEYS.items() if model.get(key) is not None}
+    args = predictor_args(model)
     layout = RunAttention.create(attention).predictor
     return in_config_terms("predictor", lambda: VisionTransformerPredictor(
         img_size=encoder.img_size, num_frames=encoder.num_frames, patch_size=encoder.patch_size,

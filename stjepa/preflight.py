@@ -22,8 +22,9 @@ from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES
 from .resolvers import launcher_value
 
-# probe.method: a trained attentive pooling | a k-nearest-neighbour vote
-PROBE_METHODS = ("attentive", "knn")
+# probe.method: a trained attentive pooling | a k-nearest-neighbour vote | the classifier a
+# transformers VJEPA2ForVideoClassification folder ships (no training)
+PROBE_METHODS = ("attentive", "knn", "shipped")
 
 COMPILE_CHOICES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -73,9 +74,9 @@ def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: 
         encoder = build_encoder(model, built, crop, frames)
         build_predictor(model, built, encoder)
     init_from = model.get("init_from")
-    if init_from and not Path(init_from).is_file():
-        raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt or "
-                          f"a train.py .ckpt.")
+    if init_from and not Path(init_from).exists():
+        raise ConfigError(f"model.init_from={init_from!r} does not exist; give the path of a V-JEPA 2 .pt, "
+                          f"a train.py .ckpt or a transformers V-JEPA 2 folder.")
     return built
 
 
@@ -227,7 +228,7 @@ def check_probe_settings(p: DictConfig, key: str) -> None:
     method = p.get("method", "attentive")
     if method not in PROBE_METHODS:
         raise ConfigError(f"{key}.method={method!r} is not known; allowed values are {', '.join(PROBE_METHODS)} "
-                          f"({key.split('.')[0]}=knn selects the k-NN).")
+                          f"({key}=knn selects the k-NN, probe=shipped the classifier a transformers folder ships).")
     if method == "knn":
         check_int(p.get("k"), f"{key}.k")
         if not (isinstance(p.get("temperature"), (int, float)) and p.temperature > 0):
@@ -251,6 +252,9 @@ def check_probe_after(cfg: DictConfig) -> None:
         raise ConfigError("probe_after probes the run's last.ckpt, which callbacks.last_checkpoint=null turns off; "
                           "keep callbacks.last_checkpoint or drop probe_after.")
     check_probe_settings(cfg.probe_after, "probe_after")
+    if cfg.probe_after.get("method") == "shipped":
+        raise ConfigError("probe_after.method=shipped scores a transformers classification folder's own classifier, "
+                          "which a training run does not have; give probe_after=default, knn or thorough.")
 
 
 def check_callbacks(cfg: DictConfig) -> None:

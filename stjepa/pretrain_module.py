@@ -64,7 +64,7 @@ class JEPAPretrainModule(L.LightningModule):
                              "distance_weighting).")
         init_from = init_weights_path(model)
         if init_from:
-            load_pretraining_weights(init_from, self.encoder, self.predictor, self.target_encoder)
+            load_pretraining_weights(init_from, self.encoder, self.predictor, self.target_encoder, model)
         self.compile_models = compile
         self.step_loss = step_loss  # compiled with the networks (configure_model)
         self.schedule_length = 1  # optimizer steps the schedules span; set by configure_optimizers

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .callbacks import ExportOfficial
+from .callbacks import ExportHF, ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
 from .preflight import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
@@ -149,6 +149,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if cfg.get("export_official"):
         callbacks.append(ExportOfficial(str(checkpoint_dir)))
+    if cfg.get("export_hf"):
+        callbacks.append(ExportHF(str(checkpoint_dir)))
     loggers = build_loggers(cfg, attention)
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

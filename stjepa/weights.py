@@ -1,4 +1,4 @@
-"""Model weights in files: the two formats stjepa reads, strict loading, and the official export.
+"""Model weights in files: the formats stjepa reads, strict loading, and the official export.
 
 - An official V-JEPA 2 or 2.1 ``.pt`` is a dict with ``encoder``, ``predictor`` and
   ``target_encoder`` state dicts (plus optimizer state and counters); parameters carry a
@@ -11,28 +11,36 @@
   ``hyper_parameters`` (the arguments of :func:`~stjepa.networks.build_encoder`), from
   which its architecture is rebuilt.
 
-:func:`read_weights` tells the two apart; everything else works on its result.
+- A transformers folder (``config.json`` + ``*.safetensors``): :mod:`stjepa.hf_format`.
+
+The architecture of an official file or a folder comes from the file (:mod:`stjepa.architecture`).
+:func:`read_weights` tells the formats apart; everything else works on its result.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from . import hf_format
+from .architecture import Architecture, official_architecture, predictor_shape
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
-from .networks import ENCODER_HPARAMS, RunAttention, build_encoder
-from .models.arguments import one_of
-from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor, vit
+from .networks import (ENCODER_HPARAMS, RunAttention, build_encoder, build_predictor, config_key, encoder_args,
+                       predictor_args)
+from .models import VisionTransformer, VisionTransformerPredictor
+from .models.attentive_probe import AttentiveClassifier
 from .models.versions import generation_of_state
 
 OFFICIAL_KEYS = ("encoder", "predictor", "target_encoder")
 OFFICIAL_PREFIX = "module.backbone."
+# the head counts of the encoder and predictor, which no tensor shape tells (stjepa's exports only)
+HEADS_KEY = "stjepa_num_heads"
 # Present in some files but unused with RoPE; the official loaders drop them too.
 IGNORED_KEYS = ("pos_embed", "predictor_pos_embed")
 
@@ -62,8 +70,10 @@ def strip_prefixes(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``module``; on any mismatch raise one error listing all of them."""
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                reason: str = "does not match the model architecture") -> None:
+    """Load ``state`` into ``module``; on any mismatch raise one error listing all of them
+    (``what`` ``reason``: ...). A module on the meta device is only checked."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -80,12 +90,9 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str)
 
         parts = [p for p in (listing("missing", missing), listing("unexpected", unexpected),
                              listing("mis-shaped", shapes)) if p]
-        raise CheckpointError(f"{what} does not match the model architecture: " + "; ".join(parts) + ".")
-    module.load_state_dict(state, strict=True)
-
-
-def count_mask_tokens(state: Mapping[str, Any]) -> int:
-    return sum(1 for k in state if k.startswith("mask_tokens."))
+        raise CheckpointError(f"{what} {reason}: " + "; ".join(parts) + ".")
+    if not any(t.is_meta for t in own.values()):
+        module.load_state_dict(state, strict=True)
 
 
 def check_file_generation(path: str | os.PathLike, key: str, state: Mapping[str, Any], module: nn.Module) -> None:
@@ -103,15 +110,6 @@ def check_file_generation(path: str | os.PathLike, key: str, state: Mapping[str,
                                   f"stjepa.weights.load_official, which reads the level count from the file.")
 
 
-def predictor_shape(state: Mapping[str, torch.Tensor], embed_dim: int) -> dict[str, Any]:
-    """Predictor arguments a deeply supervised (2.1) state dict fixes: levels, target width, context head."""
-    fused = state.get("predictor_embed.0.weight")
-    levels = 1 if fused is None else fused.shape[1] // fused.shape[0]  # Linear(levels * D, D)
-    out = state["predictor_proj.weight"].shape[0] // levels
-    return dict(levels=levels, out_embed_dim=None if out == embed_dim else out,
-                predict_context="predictor_proj_context.weight" in state)
-
-
 def official_entries(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """An official file's entries, the distilled 2.1 ViT-B/L hub files' ``ema_encoder`` read as
     the target encoder."""
@@ -120,53 +118,67 @@ def official_entries(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     return dict(ckpt)
 
 
-def load_official(
-    path: str | os.PathLike,
-    size: str = "vit_large",
+def load_networks(
+    path: "str | os.PathLike | Weights",
+    size: str | None = None,
     encoder: Mapping[str, Any] | None = None,
     predictor: Mapping[str, Any] | None = None,
     keys: tuple[str, ...] = OFFICIAL_KEYS,
 ) -> dict[str, nn.Module]:
-    """Build modules from an official V-JEPA 2 or 2.1 ``.pt`` and load its weights strictly.
+    """Build networks from an official V-JEPA 2 or 2.1 ``.pt`` or a transformers folder
+    (:mod:`stjepa.hf_format`) and load their weights strictly.
 
-    ``size`` names the encoder size; ``encoder`` holds constructor overrides (img_size,
-    num_frames, attention, ...); ``predictor`` holds predictor arguments (depth,
-    predictor_embed_dim, num_heads, attention, ...; ``num_mask_tokens`` defaults to the
-    number stored in the file). The version, and a 2.1 predictor's levels, target width and
-    context head, come from the file. The 2.1 hub builds its predictor without
+    The architecture comes from the file (:mod:`stjepa.architecture`: sizes, depths, widths,
+    heads where the file states them, mask tokens, version, a 2.1 predictor's levels and target
+    width); ``size`` (an encoder size name), ``encoder`` and ``predictor`` (constructor
+    arguments) may restate it, and one that contradicts the file is refused naming the file's
+    number. They also carry what the file does not fix: img_size, num_frames (a transformers
+    folder's crop_size and frames_per_clip by default), attention (by default the layout a
+    stjepa export stored, else global). The 2.1 hub builds its predictor without
     ``interpolate_rope`` (its training did not): pass ``predictor=dict(interpolate_rope=False)``
     to reproduce the hub's predictor. Returns a dict with the requested ``keys``
-    (``target_encoder`` is read from ``ema_encoder`` in the distilled 2.1 files).
+    (``target_encoder`` is read from ``ema_encoder`` in the distilled 2.1 files, and is the
+    encoder of a transformers folder, which holds one); ``"classifier"`` in ``keys`` gives a
+    classification folder's trained attentive probe
+    (:class:`~stjepa.models.attentive_probe.AttentiveClassifier`). ``path`` may be a file
+    already read (:func:`read_weights`).
     """
-    ckpt = official_entries(read_checkpoint(path))
-    absent = [k for k in keys if k not in ckpt]
-    if absent:
-        raise CheckpointError(
-            f"checkpoint file {str(path)!r} has no {absent[0]!r} entry; it has {', '.join(map(str, ckpt))}."
-        )
+    weights = path if isinstance(path, Weights) else read_weights(path)
+    path, arch = weights.path, weights.architecture
+    if arch is None:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is a train.py checkpoint; its networks load with "
+                              f"stjepa.weights.load_encoder or JEPAPretrainModule.load_from_checkpoint.")
+    states = {key: weights.part(key) for key in keys}  # every part asked for is there, before any work
+    layout = RunAttention.from_checkpoint(weights.attention) if weights.attention else None
+    enc_args = arch.encoder_args({"size": size, **dict(encoder or {})}) if arch.encoder else dict(encoder or {})
+    enc_args = {**weights.input_size, "attention": layout and layout.encoder, **enc_args}
     modules: dict[str, nn.Module] = {}
-    for key in keys:
-        state = strip_prefixes(ckpt[key])
-        found = generation_of_state(state)
-        if key == "predictor":
-            width = (encoder or {}).get("embed_dim") or encoder_width(size)
-            shape = predictor_shape(state, width) if found.deep_supervision else {}
-            kwargs = {"num_mask_tokens": count_mask_tokens(state) or 10, "version": found.name, **shape,
-                      **dict(predictor or {})}
-            kwargs.setdefault("embed_dim", width)
-            kwargs.setdefault("img_size", (encoder or {}).get("img_size", 224))
-            kwargs.setdefault("num_frames", (encoder or {}).get("num_frames", 16))
-            module: nn.Module = VisionTransformerPredictor(**kwargs)
+    for key, state in states.items():
+        if key == "classifier":
+            module: nn.Module = AttentiveClassifier(**weights.classifier)
+        elif key == "predictor":
+            kwargs = {"attention": layout and layout.predictor, **arch.predictor_args(predictor)}
+            kwargs.setdefault("img_size", enc_args.get("img_size", 224))
+            kwargs.setdefault("num_frames", enc_args.get("num_frames", 16))
+            module = VisionTransformerPredictor(**kwargs)
         else:
-            module = vit(size, **{"version": found.name, **dict(encoder or {})})
-        check_file_generation(path, key, state, module)
+            module = VisionTransformer(**enc_args)
+        if key != "classifier":
+            check_file_generation(path, key, state, module)
         load_strict(module, state, f"{key!r} in {str(path)!r}")
         modules[key] = module
     return modules
 
 
-def encoder_width(size: str) -> int:
-    return VIT_SIZES[one_of(size, "size", VIT_SIZES)][0]
+# the name from before transformers folders were read, kept for code written against it
+load_official = load_networks
+
+
+def architecture_of(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Architecture:
+    """The architecture of an official file's entries (:func:`official_entries`)."""
+    encoder = next((strip_prefixes(ckpt[k]) for k in ("target_encoder", "encoder") if ckpt.get(k)), None)
+    predictor = strip_prefixes(ckpt["predictor"]) if ckpt.get("predictor") else None
+    return official_architecture(f"checkpoint file {str(path)!r}", encoder, predictor, ckpt.get(HEADS_KEY))
 
 
 def export_official(
@@ -181,9 +193,10 @@ def export_official(
     def prefixed(module: nn.Module) -> dict[str, torch.Tensor]:
         return {OFFICIAL_PREFIX + k: v.detach().cpu() for k, v in module.state_dict().items()}
 
-    out: dict[str, Any] = {"encoder": prefixed(encoder)}
+    out: dict[str, Any] = {"encoder": prefixed(encoder), HEADS_KEY: {"encoder": encoder.num_heads}}
     if predictor is not None:
         out["predictor"] = prefixed(predictor)
+        out[HEADS_KEY]["predictor"] = predictor.num_heads
     out["target_encoder"] = prefixed(target_encoder if target_encoder is not None else encoder)
     out.update(extra)
     atomic_save(out, path)
@@ -192,12 +205,17 @@ def export_official(
 @dataclass
 class Weights:
     """The state dicts of a checkpoint file, by part (``encoder``, ``predictor``,
-    ``target_encoder``; prefixes stripped), and the pretraining module's hyper-parameters when
-    the file is a ``train.py`` checkpoint (None for official files)."""
+    ``target_encoder``; prefixes stripped), and either the pretraining module's hyper-parameters
+    (a ``train.py`` checkpoint) or the architecture read from the file (other formats)."""
 
     path: str
     parts: dict[str, dict[str, torch.Tensor]]
     hparams: dict[str, Any] | None
+    architecture: Architecture | None = None
+    # a transformers folder's clip size, its stored stjepa attention layout, its classifier's arguments
+    input_size: dict[str, int] = field(default_factory=dict)
+    attention: dict | None = None
+    classifier: dict[str, Any] | None = None
 
     def part(self, key: str) -> dict[str, torch.Tensor]:
         if not self.parts.get(key):
@@ -207,7 +225,10 @@ class Weights:
 
 
 def read_weights(path: str | os.PathLike) -> Weights:
-    """Read an official V-JEPA 2 ``.pt`` or a ``train.py`` ``.ckpt``."""
+    """Read an official V-JEPA 2 ``.pt``, a ``train.py`` ``.ckpt`` or a transformers folder."""
+    folder = hf_format.folder_of(path)
+    if folder is not None:
+        return read_folder_weights(folder)
     ckpt = read_checkpoint(path)
     if "state_dict" in ckpt:  # a Lightning checkpoint of the pretraining module
         state = ckpt["state_dict"]
@@ -219,14 +240,37 @@ def read_weights(path: str | os.PathLike) -> Weights:
         raise CheckpointError(f"checkpoint file {str(path)!r} is neither a V-JEPA 2 checkpoint (keys encoder, "
                               f"predictor, target_encoder) nor a train.py checkpoint (key state_dict); it has "
                               f"{', '.join(map(str, list(ckpt)[:8]))}.")
-    return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None)
+    return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None,
+                   architecture_of(path, ckpt))
+
+
+def read_folder_weights(folder: Path) -> Weights:
+    """A transformers folder's weights, checked against its config.json before any use."""
+    read = hf_format.read_folder(folder)
+    arch, where = read.architecture, f"weights in folder {str(folder)!r}"
+    parts = {"encoder": read.parts["encoder"], "target_encoder": read.parts["encoder"]}
+    classifier = hf_format.classifier_args(read.config) if read.is_classifier else None
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        expected = {"encoder": VisionTransformer(**arch.encoder_args())}
+        if read.parts["predictor"] or not read.is_classifier:
+            expected["predictor"] = VisionTransformerPredictor(**arch.predictor_args())
+        if classifier is not None:
+            expected["classifier"] = AttentiveClassifier(**classifier)
+    for part, module in expected.items():
+        load_strict(module, read.parts[part], f"the {part} {where}", f"do not match its {hf_format.CONFIG}")
+        parts[part] = read.parts[part]
+    return Weights(str(folder), parts, None, arch, hf_format.input_size(read.config), read.attention, classifier)
 
 
 def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predictor: nn.Module,
-                             target_encoder: nn.Module) -> None:
+                             target_encoder: nn.Module, model: Mapping[str, Any] | None = None) -> None:
     """Start (or anneal) from a file's weights: the encoder, the predictor when the file has
-    one, and the target encoder (the encoder's weights when the file has no target)."""
+    one, and the target encoder (the encoder's weights when the file has no target). ``model``
+    (the model group the networks were built from) is checked against the file's architecture
+    first, so a mismatch names the model key and the file's number."""
     weights = read_weights(path)
+    if weights.architecture is not None and model is not None:
+        check_model_group(weights.architecture, model)
     parts = {"encoder": weights.parts.get("encoder") or weights.part("target_encoder"),
              "predictor": weights.parts.get("predictor"),
              "target_encoder": weights.parts.get("target_encoder") or weights.part("encoder")}
@@ -236,28 +280,12 @@ def load_pretraining_weights(path: str | os.PathLike, encoder: nn.Module, predic
             load_strict(module, parts[key], f"{key!r} in {str(path)!r}")
 
 
-def encoder_shape(state: Mapping[str, torch.Tensor]) -> tuple[int, int, str | None] | None:
-    """(width, depth, VIT_SIZES name or None) of an encoder state dict; None if it is not one."""
-    patch = state.get("patch_embed.proj.weight")
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
-    if patch is None or not blocks:
-        return None
-    width, depth, swiglu = patch.shape[0], max(blocks) + 1, "blocks.0.mlp.fc3.weight" in state
-    names = [name for name, (dim, layers, _, _, gated) in VIT_SIZES.items()
-             if (dim, layers, gated) == (width, depth, swiglu)]
-    return width, depth, (names[0] if names else None)
-
-
-def check_encoder_size(path: str | os.PathLike, state: Mapping[str, torch.Tensor], model: Mapping[str, Any]) -> None:
-    """An official file's encoder against ``model.size``: a mismatch names the size that fits."""
-    found = encoder_shape(state)
-    if found is None or model.get("embed_dim") or model.get("depth"):
-        return  # not an encoder we can read, or an explicit architecture: load_strict lists the keys
-    width, depth, name = found
-    size = model.get("size")
-    if name is not None and name != size:
-        raise CheckpointError(f"checkpoint file {str(path)!r} holds a {name} encoder (width {width}, depth {depth}) "
-                              f"but model.size={size}; add model={name}.")
+def check_model_group(arch: Architecture, model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model group's architecture keys against a file's; returns the encoder arguments."""
+    args = arch.encoder_args(encoder_args(model), config_key) if arch.encoder else encoder_args(model)
+    if arch.predictor is not None:
+        arch.predictor_args(predictor_args(model), config_key)
+    return args
 
 
 def load_encoder(
@@ -271,13 +299,22 @@ def load_encoder(
     init_seed: int | None = None,
 ) -> VisionTransformer:
     """An encoder from a train.py ``.ckpt`` (its own architecture and attention layout) or an
-    official V-JEPA 2 ``.pt`` (architecture from the ``model`` group). ``attention`` (the
+    official V-JEPA 2 ``.pt`` (architecture from the file; the ``model`` group may restate
+    it, and a key that contradicts the file is refused). ``attention`` (the
     attention group) replaces the stored layout; ``key`` picks ``target_encoder`` or
     ``encoder``; ``random_init`` keeps the architecture but not the weights (the baseline a
     probe must beat), drawn from ``init_seed`` when given (else from the current random state)."""
     if key not in ("target_encoder", "encoder"):
         raise CheckpointError(f"probe.encoder_key={key!r} is not known; allowed values are target_encoder, encoder.")
-    weights = read_weights(path)
+    return encoder_of(read_weights(path), key, model, attention, crop_size, frames_per_clip, random_init, init_seed)
+
+
+def encoder_of(weights: Weights, key: str = "target_encoder", model: Mapping[str, Any] | None = None,
+               attention: Mapping[str, Any] | None = None, crop_size: int | None = None,
+               frames_per_clip: int | None = None, random_init: bool = False,
+               init_seed: int | None = None) -> VisionTransformer:
+    """:func:`load_encoder` on a file already read."""
+    path = weights.path
     state = weights.part(key)
     if weights.hparams is not None:
         hp = weights.hparams
@@ -289,9 +326,11 @@ def load_encoder(
         args = {name: hp[name] for name in ENCODER_HPARAMS}
         args["attention"] = attention if attention is not None else RunAttention.from_checkpoint(hp["attention"])
     else:
-        check_encoder_size(path, state, dict(model or {}))
-        args = dict(model=dict(model or {}), attention=attention, crop_size=crop_size or 224,
-                    frames_per_clip=frames_per_clip or 16)
+        stored = RunAttention.from_checkpoint(weights.attention) if weights.attention else None
+        args = dict(model=weights.architecture.encoder_args(encoder_args(model or {}), config_key),
+                    attention=attention if attention is not None else stored,
+                    crop_size=crop_size or weights.input_size.get("img_size", 224),
+                    frames_per_clip=frames_per_clip or weights.input_size.get("num_frames", 16))
     with torch.random.fork_rng(devices=[], enabled=random_init and init_seed is not None):
         if random_init and init_seed is not None:
             torch.manual_seed(init_seed)
@@ -300,3 +339,17 @@ def load_encoder(
     if not random_init:
         load_strict(encoder, state, f"{key!r} in {str(path)!r}")
     return encoder
+
+
+def networks_for_export(path: str | os.PathLike, key: str = "target_encoder"
+                        ) -> tuple[VisionTransformer, VisionTransformerPredictor, dict | None]:
+    """The encoder (``key``) and predictor of any checkpoint format, with the attention group
+    they were trained with (None: global attention, or not known)."""
+    weights = read_weights(path)
+    encoder = encoder_of(weights, key)
+    if weights.hparams is not None:
+        attention = RunAttention.from_checkpoint(weights.hparams["attention"])
+        predictor = build_predictor(weights.hparams["model"], attention, encoder)
+        load_strict(predictor, weights.part("predictor"), f"'predictor' in {str(path)!r}")
+        return encoder, predictor, attention.group
+    return encoder, load_networks(weights, keys=("predictor",))["predictor"], weights.attention

@@ -157,7 +157,7 @@ def test_a_probe_sweep_is_checked_with_probes_check(tmp_path, capsys, monkeypatc
     ckpt.write_bytes(b"")  # the check asks only that it exists
     line = refusal(tmp_path, capsys, monkeypatch, [f"ckpt={ckpt},{tmp_path / 'missing.ckpt'}"], config_name="probe")
     assert line == (f"error: job 1 (ckpt={tmp_path / 'missing.ckpt'}): ckpt='{tmp_path / 'missing.ckpt'}' does not "
-                    "exist; give a train.py .ckpt or an official V-JEPA 2 .pt.")
+                    "exist; give a train.py .ckpt, an official V-JEPA 2 .pt or a transformers V-JEPA 2 folder.")
 
 
 def test_slurm_sweeps_are_checked_before_submission(tmp_path, capsys, monkeypatch):

@@ -168,15 +168,73 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     path = official_file(tmp_path, enc, pred, enc)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_official(tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match=r"missing \(.*blocks\.3\..*"):
+    # an architecture key that contradicts the file: the file's number, in one sentence
+    with pytest.raises(CheckpointError, match=r"^encoder\['depth'\]=4 but the encoder in checkpoint file .* has 3 "
+                                              r"blocks; give encoder\['depth'\]=3 \(the file fixes it\).$"):
         load_official(path, "vit_tiny", encoder=dict(depth=4), keys=("encoder",))
-    with pytest.raises(CheckpointError, match=r"mis-shaped .*file \(192,\), model \(384,\)"):
+    with pytest.raises(CheckpointError, match=r"holds an encoder \(width 192, depth 3\) but size=vit_small; give "
+                                              r"encoder\['embed_dim'\]=192.$"):
         load_official(path, "vit_small", encoder=dict(depth=3, num_heads=3), keys=("encoder",))
+    # a tensor whose shape no architecture explains: strict loading lists it
     raw = torch.load(path)
+    raw["encoder"]["module.backbone.blocks.1.mlp.fc1.weight"] = torch.zeros(10, 192)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"mis-shaped \(1\): blocks.1.mlp.fc1.weight \(file \(10, 192\), "
+                                              r"model \(768, 192\)\)"):
+        load_official(path, keys=("encoder",))
     del raw["target_encoder"]
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match="no 'target_encoder' entry"):
+    with pytest.raises(CheckpointError, match="has no 'target_encoder' weights; it has encoder, predictor"):
         load_official(path, "vit_tiny", encoder=dict(depth=3))
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="could not be read"):
         load_official(path)
+
+
+def test_architecture_comes_from_the_file_and_a_contradiction_is_one_sentence(tmp_path):
+    """load_official needs no architecture keys: widths, depths, mask tokens from the tensors, head
+    counts from the export's record. The facebookresearch/vjepa2 #149 case: a file whose predictor
+    has fewer blocks than the configuration says is refused, not loaded half random."""
+    enc, pred = tiny_pair()
+    path = official_file(tmp_path, enc, pred, enc)
+    loaded = load_official(path)
+    assert (loaded["encoder"].depth, loaded["encoder"].num_heads) == (3, 3)
+    assert (loaded["predictor"].depth, loaded["predictor"].num_heads, len(loaded["predictor"].mask_tokens)) == (2, 4, 3)
+    ctx, tgt = masks_for(1, 10, 32, seed=6)
+    z = torch.randn(1, 10, 192)
+    torch.testing.assert_close(loaded["predictor"](z, ctx, tgt, grid=(2, 4, 4)), pred.float()(z, ctx, tgt))
+    with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=4 but the predictor in checkpoint file "
+                                              r".*vjepa2.pt' has 2 blocks; give predictor\['depth'\]=2 \(the file "
+                                              r"fixes it\).$"):
+        load_official(path, predictor=dict(depth=4))
+    # an official file states no head counts: 32-wide predictor heads (the released ones: 384 / 12) ...
+    raw = torch.load(path)
+    del raw["stjepa_num_heads"]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"no V-JEPA 2 size, and does not state its heads; give "
+                                              r"encoder\['num_heads'\].$"):
+        load_official(path)
+    assumed = load_official(path, encoder=dict(num_heads=3), keys=("predictor",))["predictor"]
+    assert assumed.num_heads == 96 // 32
+    # ... and a given count wins over that convention (it is not the file's number)
+    assert load_official(path, encoder=dict(num_heads=3), predictor=dict(num_heads=4))["predictor"].num_heads == 4
+
+
+def test_training_from_a_file_with_a_shallower_predictor_is_refused_naming_the_key(tmp_path):
+    from stjepa.preflight import instantiate_checked
+    from train_helpers import compose_config
+
+    torch.manual_seed(0)
+    enc = vit("vit_tiny", img_size=64, num_frames=4)
+    pred = VisionTransformerPredictor(img_size=64, num_frames=4, embed_dim=192, predictor_embed_dim=96, depth=2,
+                                      num_heads=4)
+    path = official_file(tmp_path, enc, pred, enc)
+    cfg = compose_config(tmp_path, [f"model.init_from={path}", "data.crop_size=64", "data.frames_per_clip=4"])
+    assert cfg.model.pred_depth == 4  # the vit_tiny preset's
+    with pytest.raises(CheckpointError, match=r"^model.pred_depth=4 but the predictor in checkpoint file .* has 2 "
+                                              r"blocks; give model.pred_depth=2 \(the file fixes it\).$"):
+        instantiate_checked(cfg.module, _convert_="all")
+    cfg = compose_config(tmp_path, [f"model.init_from={path}", "model=vit_small"])
+    with pytest.raises(CheckpointError, match=r"holds a vit_tiny encoder \(width 192, depth 12\) but "
+                                              r"model.size=vit_small; add model=vit_tiny.$"):
+        instantiate_checked(cfg.module, _convert_="all")

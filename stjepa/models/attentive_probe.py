@@ -32,11 +32,12 @@ class CrossAttention(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.xattn = CrossAttention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(self, q: Tensor, x: Tensor) -> Tensor:
@@ -46,13 +47,13 @@ class CrossAttentionBlock(nn.Module):
 
 class AttentivePooler(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int = 16, depth: int = 1, num_queries: int = 1,
-                 mlp_ratio: float = 4.0, init_std: float = 0.02):
+                 mlp_ratio: float = 4.0, init_std: float = 0.02, norm_eps: float = 1e-5):
         super().__init__()
         if embed_dim % num_heads:
             raise ArgumentError(f"{{num_heads}} does not divide the encoder width {embed_dim}.", num_heads=num_heads)
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, norm_eps=1e-5) for _ in range(depth - 1))
-        self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, norm_eps=norm_eps) for _ in range(depth - 1))
+        self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio, norm_eps=norm_eps)
         nn.init.trunc_normal_(self.query_tokens, std=init_std)
         self.apply(lambda m: init_weights(m, init_std))
         rescale_residual_branches(self.blocks)
@@ -65,12 +66,13 @@ class AttentivePooler(nn.Module):
 
 
 class AttentiveClassifier(nn.Module):
-    """(B, N, D) tokens -> (B, num_classes) logits."""
+    """(B, N, D) tokens -> (B, num_classes) logits. ``norm_eps``: upstream's probe uses
+    LayerNorm's 1e-5; transformers' port of the released probes uses the encoder's 1e-6."""
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 16, depth: int = 1,
-                 mlp_ratio: float = 4.0, init_std: float = 0.02):
+                 mlp_ratio: float = 4.0, init_std: float = 0.02, norm_eps: float = 1e-5):
         super().__init__()
-        self.pooler = AttentivePooler(embed_dim, num_heads, depth, 1, mlp_ratio, init_std)
+        self.pooler = AttentivePooler(embed_dim, num_heads, depth, 1, mlp_ratio, init_std, norm_eps)
         self.linear = nn.Linear(embed_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
