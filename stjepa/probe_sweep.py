@@ -53,11 +53,6 @@ def probe_dir_name(cfg: DictConfig) -> str:
     return cfg.get("probe_dir") or (base + "_random" if cfg.probe.random_init else base)
 
 
-def earlier_results(job: Job, name: str) -> dict | None:
-    path = job.folder / name / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def earlier_probe(folder: Path, settings: dict, label: str,
                   remedy: str = "give probe_dir=<another name> to keep both, or delete that folder") -> dict | None:
     """The results already in a probe folder (None if there are none); refused if they were made
@@ -140,8 +135,8 @@ def probe_sweep(cfg: DictConfig) -> dict[str, Any]:
     for job in jobs:
         if job.state != FINISHED:
             outcomes.append(Outcome(job, f"not probed: {job.describe_state()}"))
-        elif earlier_results(job, name) is not None:
-            outcomes.append(Outcome(job, "already probed", earlier_results(job, name)))
+        elif (earlier := earlier_probe(job.folder / name, settings, job.label)) is not None:
+            outcomes.append(Outcome(job, "already probed", earlier))
         else:
             rich.print(f"[bold]probing {job.label}[/bold]: {job.checkpoint}")
             try:
