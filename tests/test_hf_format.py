@@ -151,6 +151,32 @@ def test_an_export_loads_in_transformers_without_warnings_and_gives_equal_output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the temporary folder is gone
 
 
+def test_an_export_that_fails_while_writing_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """Exports go to a temporary folder renamed at the end: a write that fails half way (here the
+    weights file, cut off by a full disk) leaves no half folder and the earlier export as it was."""
+    import safetensors.torch
+
+    encoder, predictor = tiny_stjepa()
+    folder = hf_format.export_hf(tmp_path / "export", encoder, predictor)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def half_written(state, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with torch.no_grad():
+        encoder.norm.weight.add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        hf_format.export_hf(folder, encoder, predictor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    with pytest.raises(OSError, match="No space left"):
+        hf_format.export_hf(tmp_path / "new", encoder, predictor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
 def test_a_local_attention_export_keeps_its_layout_for_stjepa(tmp_path):
     area = dict(temporal_splits=1, spatial_splits=2)
     encoder, predictor = tiny_stjepa(attention=area)
