@@ -299,3 +299,23 @@ def test_training_starts_from_a_transformers_folder_with_area_attention(hf_model
     with pytest.raises(CheckpointError, match=r"^model.pred_num_heads=4 but the predictor in folder .* has 2 heads; "
                                               r"give model.pred_num_heads=2 \(the file fixes it\).$"):
         instantiate_checked(compose_config(tmp_path, [*tiny, "model.pred_num_heads=4"]).module, _convert_="all")
+
+
+@pytest.mark.slow
+def test_a_2_1_run_says_once_at_its_start_that_it_writes_no_transformers_folder(tmp_path, caplog):
+    """export_hf=true (the default) on a model transformers does not have: no vjepa2_hf, one log
+    line before training (not a warning at the end), vjepa2_official.pt written as usual."""
+    import logging
+    import warnings
+
+    from train_helpers import run_train
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        run_train(tmp_path / "run", "experiment=vjepa2_1_tiny", "trainer.max_steps=1")
+    said = [r.getMessage() for r in caplog.records if "transformers" in r.getMessage()]
+    assert said == [f"export_hf: no checkpoints/vjepa2_hf for this run: transformers has V-JEPA 2.0 models with "
+                    f"GELU MLPs only; this V-JEPA 2.1 model has no transformers format (its official .pt, "
+                    f"vjepa2_official.pt, keeps it)."]
+    assert not [w for w in caught if "transformers" in str(w.message)]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt", "vjepa2_official.pt"]
