@@ -94,9 +94,15 @@ def test_a_conflicting_architecture_key_is_refused_naming_both_values(hf_model):
     with pytest.raises(CheckpointError, match=r"^model.num_heads=8 but the encoder in folder .* has 4 heads; give "
                                               r"model.num_heads=4 \(the file fixes it\).$"):
         load_encoder(folder, model=dict(num_heads=8))
+    # every contradicting number in the one sentence, so that one fix is enough
     with pytest.raises(CheckpointError, match=r"holds an encoder \(width 64, depth 2\) but model.size=vit_large; give "
-                                              r"model.embed_dim=64 and model.depth=2.$"):
+                                              r"model.embed_dim=64, model.depth=2 and model.num_heads=4.$"):
         load_encoder(folder, model=dict(size="vit_large"))
+    with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=12 and predictor\['num_mask_tokens'\]=10 but the "
+                                              r"predictor in folder .* has 2 blocks and 3 mask tokens; give "
+                                              r"predictor\['depth'\]=2 and predictor\['num_mask_tokens'\]=3 \(the file "
+                                              r"fixes them\).$"):
+        load_networks(folder, predictor=dict(depth=12, num_mask_tokens=10))
 
 
 def test_bad_folders_are_one_sentence_each(hf_model, tmp_path):
