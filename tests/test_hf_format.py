@@ -86,6 +86,20 @@ def test_a_wrong_key_map_gives_other_outputs(hf_model, monkeypatch):
     assert not torch.allclose(mine[0], theirs[0], atol=1e-3)
 
 
+def test_an_export_with_a_wrong_key_map_gives_other_outputs_in_transformers(tmp_path, monkeypatch):
+    """The export comparison can fail too: query and key swapped in the map load without a key
+    warning but compute something else."""
+    encoder, predictor = tiny_stjepa()
+    monkeypatch.setitem(hf_format.FUSED, "qkv", ("key", "query", "value"))
+    model, info = VJEPA2Model.from_pretrained(hf_format.export_hf(tmp_path / "export", encoder, predictor),
+                                              output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}
+    video, context, target = video_and_masks(seed=4)
+    mine = stjepa_outputs(encoder, predictor, video, context, target)
+    theirs = transformers_outputs(model.to(F64).eval(), video, context, target)
+    assert not torch.allclose(mine[0], theirs[0], atol=1e-3)
+
+
 def test_a_conflicting_architecture_key_is_refused_naming_both_values(hf_model):
     _, folder = hf_model
     with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=12 but the predictor in folder .*vjepa2-tiny' "
