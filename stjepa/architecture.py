@@ -56,6 +56,11 @@ def block_count(state: Mapping[str, Any], prefix: str) -> int:
     return len({k.split(".")[1] for k in state if k.startswith(prefix)})
 
 
+def listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def size_name(width: int, depth: int, swiglu: bool) -> str | None:
     names = [name for name, (dim, layers, _, _, gated) in VIT_SIZES.items() if (dim, layers, gated) == (width, depth, swiglu)]
     return names[0] if names else None
@@ -99,10 +104,16 @@ class Architecture:
     def of(self, part: str) -> dict[str, Any]:
         return self.encoder if part == "encoder" else self.predictor
 
-    def refuse(self, name: str, given: Any, part: str, arg: str) -> CheckpointError:
-        found = self.of(part)[arg]
-        return CheckpointError(f"{name}={given!r} but the {part} in {self.where} has {WORDS[arg].format(found)}; "
-                               f"give {name}={found!r} (the file fixes it).")
+    def refuse(self, part: str, wrong: list[tuple[str, str, Any]]) -> CheckpointError:
+        """One sentence for every ``(name, arg, given)`` that contradicts the file, so that a
+        user fixes them all at once."""
+        found = self.of(part)
+
+        given = listed([f"{name}={value!r}" for name, _, value in wrong])
+        has = listed([WORDS[arg].format(found[arg]) for _, arg, _ in wrong])
+        fix = listed([f"{name}={found[arg]!r}" for name, arg, _ in wrong])
+        return CheckpointError(f"{given} but the {part} in {self.where} has {has}; give {fix} "
+                               f"(the file fixes {'it' if len(wrong) == 1 else 'them'}).")
 
     def built(self, part: str, given: dict[str, Any], name_of: NameOf, shape: str) -> dict[str, Any]:
         """``given`` with the file's numbers (a given head count wins over an assumed one);
@@ -117,11 +128,11 @@ class Architecture:
 
     def check(self, part: str, given: Mapping[str, Any], name_of: NameOf, width: int) -> None:
         found = self.of(part)
-        for arg, value in given.items():
-            if value is None or arg not in found or (part, arg) in self.assumed or found[arg] is None:
-                continue
-            if not same(arg, value, found[arg], width):
-                raise self.refuse(name_of(arg, part), value, part, arg)
+        wrong = [(name_of(arg, part), arg, value) for arg, value in given.items()
+                 if value is not None and arg in found and (part, arg) not in self.assumed and found[arg] is not None
+                 and not same(arg, value, found[arg], width)]
+        if wrong:
+            raise self.refuse(part, wrong)
 
     def encoder_args(self, given: Mapping[str, Any] | None = None, name_of: NameOf = keyword_name) -> dict[str, Any]:
         """VisionTransformer arguments: the file's architecture, ``given``'s other arguments.
@@ -132,11 +143,13 @@ class Architecture:
         checked = given
         if size is not None:
             checked = {**size_args(size), **{k: v for k, v in given.items() if k in ENCODER_FIXED}}
-            wrong = [arg for arg in ("embed_dim", "depth", "use_swiglu") if arg not in given
-                     and checked[arg] != self.encoder[arg]]
-            if wrong:
+            if any(arg not in given and checked[arg] != self.encoder[arg] for arg in ("embed_dim", "depth", "use_swiglu")):
+                # every number of the size that the file contradicts, so that one fix is enough
+                wrong = [arg for arg in ENCODER_FIXED if arg in checked and arg not in given
+                         and ("encoder", arg) not in self.assumed and self.encoder.get(arg) is not None
+                         and not same(arg, checked[arg], self.encoder[arg], self.encoder["embed_dim"])]
                 hint = (f"add {name_of('size', 'encoder').split('.')[0]}={self.size}" if self.size else
-                        "give " + " and ".join(f"{name_of(a, 'encoder')}={self.encoder[a]}" for a in wrong))
+                        "give " + listed([f"{name_of(a, 'encoder')}={self.encoder[a]}" for a in wrong]))
                 raise CheckpointError(f"{self.where} holds {self.describe()} but {name_of('size', 'encoder')}={size}; "
                                       f"{hint}.")
             checked.update(given)

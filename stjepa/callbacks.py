@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
-from .errors import NonFiniteLossError, UserError
+from .errors import NonFiniteLossError
 from .models.arguments import one_of, positive_int
 from .models.flops import train_step_flops
 from .hf_format import export_hf, local_attention_note
@@ -158,9 +158,9 @@ class ExportOfficial(L.Callback):
 class ExportHF(L.Callback):
     """At the end of training, write the target encoder and the predictor in transformers'
     V-JEPA 2 format to ``<dirpath>/<folder>`` (config.json, model.safetensors; see
-    :mod:`stjepa.hf_format`). A model with no transformers format (V-JEPA 2.1, SwiGLU) is
-    skipped with a warning: the official export keeps it. A local-attention model is written
-    with its layout in config.json, and the note that transformers runs it globally."""
+    :mod:`stjepa.hf_format`). Only for models that have that format (train.py leaves it out for
+    V-JEPA 2.1 and SwiGLU models, saying so once at the start). A local-attention model is
+    written with its layout in config.json, and the note that transformers runs it globally."""
 
     def __init__(self, dirpath: str, folder: str = "vjepa2_hf") -> None:
         self.path = Path(dirpath) / folder
@@ -169,11 +169,7 @@ class ExportHF(L.Callback):
         if not trainer.is_global_zero:
             return
         group = pl_module.attention.group
-        try:
-            export_hf(self.path, pl_module.target_encoder, pl_module.predictor, group)
-        except UserError as exc:
-            rank_zero_warn(f"no transformers export: {exc}")
-            return
+        export_hf(self.path, pl_module.target_encoder, pl_module.predictor, group)
         note = local_attention_note(group)
         if note:
             rank_zero_info(f"{self.path}: {note}")

@@ -249,15 +249,23 @@ def read_folder(folder: Path) -> Folder:
     return Folder(folder, config, to_stjepa(state, str(folder)), config_architecture(config, str(folder)))
 
 
+def no_transformers_format(encoder: nn.Module) -> str | None:
+    """Why ``encoder``'s model has no transformers format (V-JEPA 2.1, a SwiGLU MLP); None when it has one."""
+    if encoder.generation.name == "2.0" and not hasattr(encoder.blocks[0].mlp, "fc3"):
+        return None
+    kind = f"V-JEPA {encoder.generation.name}" if encoder.generation.name != "2.0" else "SwiGLU-MLP"
+    return (f"transformers has V-JEPA 2.0 models with GELU MLPs only; this {kind} model has no transformers format "
+            f"(its official .pt, vjepa2_official.pt, keeps it)")
+
+
 def hf_config(encoder: nn.Module, predictor: nn.Module, attention: Mapping[str, Any] | None,
               clip: tuple[int, int] | None = None) -> dict[str, Any]:
     """config.json for transformers' VJEPA2Model from stjepa networks (2.0, GELU MLPs); ``clip``
     (crop size, frames) replaces the encoder's own: transformers places RoPE positions on the
     crop_size grid, so it must be the size of the clips the model will see."""
-    if encoder.generation.name != "2.0" or hasattr(encoder.blocks[0].mlp, "fc3"):
-        kind = f"V-JEPA {encoder.generation.name}" if encoder.generation.name != "2.0" else "SwiGLU-MLP"
-        raise CheckpointError(f"transformers has V-JEPA 2.0 models with GELU MLPs only; this {kind} model has no "
-                              f"transformers format (its official .pt, vjepa2_official.pt, keeps it).")
+    reason = no_transformers_format(encoder)
+    if reason:
+        raise CheckpointError(f"{reason}.")
     block, pred_block = encoder.blocks[0], predictor.predictor_blocks[0]
     width, pred_width = encoder.embed_dim, predictor.predictor_norm.normalized_shape[0]
     config = {
@@ -315,7 +323,12 @@ def export_hf(folder: str | os.PathLike, encoder: nn.Module, predictor: nn.Modul
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if folder.exists():
             folder.rename(old)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if old.exists():  # the earlier export back in place
+                old.rename(folder)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from .callbacks import ExportHF, ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
 from .preflight import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
+from .hf_format import no_transformers_format
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams
 from .models.versions import Generation
 from .utils.rich_config import print_config_tree
@@ -149,8 +150,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if cfg.get("export_official"):
         callbacks.append(ExportOfficial(str(checkpoint_dir)))
-    if cfg.get("export_hf"):
-        callbacks.append(ExportHF(str(checkpoint_dir)))
+    if cfg.get("export_hf"):  # for the models transformers has; the others are told so once, before training
+        no_format = no_transformers_format(module.target_encoder)
+        if no_format is None:
+            callbacks.append(ExportHF(str(checkpoint_dir)))
+        elif is_launching_process():
+            log.info("export_hf: no checkpoints/vjepa2_hf for this run: %s.", no_format)
     loggers = build_loggers(cfg, attention)
     try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

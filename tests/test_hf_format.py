@@ -86,6 +86,20 @@ def test_a_wrong_key_map_gives_other_outputs(hf_model, monkeypatch):
     assert not torch.allclose(mine[0], theirs[0], atol=1e-3)
 
 
+def test_an_export_with_a_wrong_key_map_gives_other_outputs_in_transformers(tmp_path, monkeypatch):
+    """The export comparison can fail too: query and key swapped in the map load without a key
+    warning but compute something else."""
+    encoder, predictor = tiny_stjepa()
+    monkeypatch.setitem(hf_format.FUSED, "qkv", ("key", "query", "value"))
+    model, info = VJEPA2Model.from_pretrained(hf_format.export_hf(tmp_path / "export", encoder, predictor),
+                                              output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}
+    video, context, target = video_and_masks(seed=4)
+    mine = stjepa_outputs(encoder, predictor, video, context, target)
+    theirs = transformers_outputs(model.to(F64).eval(), video, context, target)
+    assert not torch.allclose(mine[0], theirs[0], atol=1e-3)
+
+
 def test_a_conflicting_architecture_key_is_refused_naming_both_values(hf_model):
     _, folder = hf_model
     with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=12 but the predictor in folder .*vjepa2-tiny' "
@@ -94,9 +108,15 @@ def test_a_conflicting_architecture_key_is_refused_naming_both_values(hf_model):
     with pytest.raises(CheckpointError, match=r"^model.num_heads=8 but the encoder in folder .* has 4 heads; give "
                                               r"model.num_heads=4 \(the file fixes it\).$"):
         load_encoder(folder, model=dict(num_heads=8))
+    # every contradicting number in the one sentence, so that one fix is enough
     with pytest.raises(CheckpointError, match=r"holds an encoder \(width 64, depth 2\) but model.size=vit_large; give "
-                                              r"model.embed_dim=64 and model.depth=2.$"):
+                                              r"model.embed_dim=64, model.depth=2 and model.num_heads=4.$"):
         load_encoder(folder, model=dict(size="vit_large"))
+    with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=12 and predictor\['num_mask_tokens'\]=10 but the "
+                                              r"predictor in folder .* has 2 blocks and 3 mask tokens; give "
+                                              r"predictor\['depth'\]=2 and predictor\['num_mask_tokens'\]=3 \(the file "
+                                              r"fixes them\).$"):
+        load_networks(folder, predictor=dict(depth=12, num_mask_tokens=10))
 
 
 def test_bad_folders_are_one_sentence_each(hf_model, tmp_path):
@@ -149,6 +169,32 @@ def test_an_export_loads_in_transformers_without_warnings_and_gives_equal_output
                             transformers_outputs(model, video, context, target)):
         torch.testing.assert_close(mine, theirs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the temporary folder is gone
+
+
+def test_an_export_that_fails_while_writing_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """Exports go to a temporary folder renamed at the end: a write that fails half way (here the
+    weights file, cut off by a full disk) leaves no half folder and the earlier export as it was."""
+    import safetensors.torch
+
+    encoder, predictor = tiny_stjepa()
+    folder = hf_format.export_hf(tmp_path / "export", encoder, predictor)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def half_written(state, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with torch.no_grad():
+        encoder.norm.weight.add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        hf_format.export_hf(folder, encoder, predictor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    with pytest.raises(OSError, match="No space left"):
+        hf_format.export_hf(tmp_path / "new", encoder, predictor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_a_local_attention_export_keeps_its_layout_for_stjepa(tmp_path):
@@ -273,3 +319,23 @@ def test_training_starts_from_a_transformers_folder_with_area_attention(hf_model
     with pytest.raises(CheckpointError, match=r"^model.pred_num_heads=4 but the predictor in folder .* has 2 heads; "
                                               r"give model.pred_num_heads=2 \(the file fixes it\).$"):
         instantiate_checked(compose_config(tmp_path, [*tiny, "model.pred_num_heads=4"]).module, _convert_="all")
+
+
+@pytest.mark.slow
+def test_a_2_1_run_says_once_at_its_start_that_it_writes_no_transformers_folder(tmp_path, caplog):
+    """export_hf=true (the default) on a model transformers does not have: no vjepa2_hf, one log
+    line before training (not a warning at the end), vjepa2_official.pt written as usual."""
+    import logging
+    import warnings
+
+    from train_helpers import run_train
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        run_train(tmp_path / "run", "experiment=vjepa2_1_tiny", "trainer.max_steps=1")
+    said = [r.getMessage() for r in caplog.records if "transformers" in r.getMessage()]
+    assert said == [f"export_hf: no checkpoints/vjepa2_hf for this run: transformers has V-JEPA 2.0 models with "
+                    f"GELU MLPs only; this V-JEPA 2.1 model has no transformers format (its official .pt, "
+                    f"vjepa2_official.pt, keeps it)."]
+    assert not [w for w in caught if "transformers" in str(w.message)]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt", "vjepa2_official.pt"]

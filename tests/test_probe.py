@@ -84,8 +84,9 @@ def test_checkpoint_errors_name_the_file_or_key(tmp_path, train_ckpt):
                                               r"model.size=vit_small; add model=vit_tiny.$"):
         load_encoder(path, key="encoder", model=dict(size="vit_small"))
     # an explicit architecture key that does not fit: the file's number
-    with pytest.raises(CheckpointError, match=r"^model.embed_dim=384 but the encoder in checkpoint file .*official.pt' "
-                                              r"has width 192; give model.embed_dim=192 \(the file fixes it\).$"):
+    with pytest.raises(CheckpointError, match=r"^model.embed_dim=384 and model.num_heads=6 but the encoder in checkpoint "
+                                              r"file .*official.pt' has width 192 and 3 heads; give model.embed_dim=192 "
+                                              r"and model.num_heads=3 \(the file fixes them\).$"):
         load_encoder(path, key="encoder", model=dict(size="vit_tiny", embed_dim=384, num_heads=6))
 
 

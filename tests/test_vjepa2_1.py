@@ -281,3 +281,21 @@ def test_init_from_an_official_2_1_file_starts_from_its_weights(official, tmp_pa
     with pytest.raises(CheckpointError, match=r"'predictor' in .* predicts 1 level\(s\) but the model's predictor "
                                               r"predicts 4"):
         instantiate(compose_config(tmp_path, [*tiny, f"model.init_from={path}"]).module, _convert_="all")
+
+
+def test_a_2_1_file_whose_predictor_is_shallower_than_the_given_depth_is_refused(tmp_path):
+    """facebookresearch/vjepa2 #149 on the 2.1 layout: the ViT-L file held a 12-block predictor
+    while its config said 24, and non-strict loading left the other blocks random. Here a 4-block
+    predictor asked for as 8 blocks: one sentence with the file's number; asked for nothing, the
+    file's depth, levels and mask tokens are built and every weight is the file's."""
+    torch.manual_seed(0)
+    source = tiny_predictor()
+    path = tmp_path / "hub.pt"
+    torch.save({"ema_encoder": tiny_encoder().state_dict(), "predictor": source.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"^predictor\['depth'\]=8 but the predictor in checkpoint file "
+                                              r".*hub.pt' has 4 blocks; give predictor\['depth'\]=4 \(the file "
+                                              r"fixes it\).$"):
+        load_official(path, encoder=dict(num_heads=2), predictor=dict(depth=8, num_heads=2), keys=("predictor",))
+    loaded = load_official(path, encoder=dict(num_heads=2), predictor=dict(num_heads=2), keys=("predictor",))["predictor"]
+    assert (loaded.depth, loaded.levels, len(loaded.mask_tokens), loaded.version) == (4, 4, 2, "2.1")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
