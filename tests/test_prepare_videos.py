@@ -276,6 +276,59 @@ def test_a_killed_run_leaves_only_complete_videos_and_resumes(sources, tmp_path)
     assert "3 ok, 1 shorter than one clip, 0 broken of 4 videos (3 prepared now: " in done.stdout  # h264 kept
 
 
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_killing_a_parallel_run_ends_its_workers_too(sources, tmp_path):
+    """SIGKILL the script while its two worker processes write: the workers end with it (they
+    would otherwise go on with the videos queued to them and race a run started again), only
+    their temporary files stay, and a second run removes them and prepares everything."""
+    _, files, _ = sources
+    names = ("bunny", "h264", "vp9", "short")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{files[n]} {i}\n" for i, n in enumerate(names)))
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "scripts" / "prepare_videos.py"), str(listing), str(out), "--processes", "2"]
+    child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    half = partial_path(out / "bigbuckbunny.mp4")  # the first job: seconds of work
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not (half.exists() and half.stat().st_size > 0) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = children_of(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert half.exists() and len(workers) >= 2  # killed while the pool's workers ran
+    deadline = time.monotonic() + 60  # they poll for their parent every 0.2 s; left alone they wait forever
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers)
+    assert not (out / "bigbuckbunny.mp4").exists()  # nobody finished it after the kill
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["bigbuckbunny.mp4", "h264.mp4", "short.mp4", "vp9.mp4"]
+    assert not list(out.glob(".*.partial"))
+    assert stream_facts(str(out / "bigbuckbunny.mp4"))["frames"] == len(decord.VideoReader(files["bunny"]))
+
+
 # ------------------------------------------------------------------------------------------ refusals
 
 

@@ -24,7 +24,8 @@ read it (``data.train_manifest=<out>/manifest.txt``).
 
 A run is resumable: a finished video was renamed from its temporary name (``.<name>.partial``)
 after its last byte, so a video present under its final name is complete and skipped; leftover
-temporary files of a killed run are removed. A folder prepared with other settings is refused.
+temporary files of a killed run are removed (its worker processes end with it, so none still
+writes them). A folder prepared with other settings is refused.
 
 Options and their trade-offs:
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -303,6 +305,18 @@ def _check_settings_file(out_dir: Path, settings: PrepareSettings) -> None:
     _write_atomic(path, json.dumps(wanted, indent=2) + "\n")
 
 
+def _exit_with(parent: int) -> None:
+    """Pool initializer: end this worker as soon as ``parent`` (the run) is gone. A killed run's
+    workers would otherwise go on with the videos queued to them, and a run started again at
+    once would write the same temporary files as they do."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)  # its temporary file is removed by the next run
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _run(jobs: list[Job], settings: PrepareSettings, processes: int, threads: int,
          on_done: Callable[[Outcome], None]) -> list[Outcome]:
     if processes == 1:
@@ -312,7 +326,7 @@ def _run(jobs: list[Job], settings: PrepareSettings, processes: int, threads: in
             on_done(outcomes[-1])
         return outcomes
     outcomes = []
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    with ProcessPoolExecutor(max_workers=processes, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         for future in as_completed([pool.submit(prepare_one, job, settings, threads) for job in jobs]):
             outcomes.append(future.result())
             on_done(outcomes[-1])
