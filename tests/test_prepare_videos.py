@@ -229,6 +229,39 @@ def test_frame_rate_conversion_takes_the_nearest_frame(sources, tmp_path):
             j, errors)
 
 
+def test_an_input_damaged_in_the_middle_is_named_in_the_report_and_the_manifest(sources, tmp_path):
+    """bigbuckbunny with bytes overwritten from a third of the file on: PyAV decodes its first
+    frames, then fails. The frames before the damage are kept, and the report, the manifest and
+    the script's summary say so, also after a resumed run."""
+    _, files, _ = sources
+    data = bytearray(Path(files["bunny"]).read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, 50, dtype=np.uint8).tobytes()
+    for i in range(len(data) // 3, len(data) // 3 + 200_000, 997):
+        data[i : i + 50] = noise
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with av.open(str(damaged)) as container:  # the reference: how far PyAV itself decodes it
+        before = 0
+        with pytest.raises(av.error.FFmpegError):
+            for _ in container.decode(video=0):
+                before += 1
+    assert 0 < before < 132
+    listing = tmp_path / "list.txt"
+    whole = shutil.copy(files["h264"], tmp_path / "h264.mp4")  # next to it: outputs side by side
+    listing.write_text(f"{damaged} 3\n{whole} 4\n")
+    out = tmp_path / "out"
+    for run in range(2):  # the second run resumes: same report
+        assert prepare_videos.main([str(listing), str(out), "--processes", "1"]) == 0
+        row = report_rows(out)[str(damaged)]
+        assert row["frames"] == str(before) == str(stream_facts(str(out / "damaged.mp4"))["frames"])
+        assert row["reason"].startswith(f"damaged: decoding stopped after {before} frames (")
+        assert "the frames before are kept" in row["reason"]
+        manifest = (out / "manifest.txt").read_text().splitlines()
+        assert manifest[0] == f"# damaged, its first {before} frames kept: {damaged}: {row['reason']}"
+        assert manifest[1:] == ["damaged.mp4 3", "h264.mp4 4"]
+    assert [s.label for s in load_manifests(out / "manifest.txt")[0]] == [3, 4]
+
+
 # ------------------------------------------------------------------------------------------ resume
 
 
@@ -273,7 +306,7 @@ def test_a_killed_run_leaves_only_complete_videos_and_resumes(sources, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in out.glob("*.mp4")) == ["bigbuckbunny.mp4", "h264.mp4", "short.mp4", "vp9.mp4"]
     assert not list(out.glob(".*.partial"))
-    assert "3 ok, 1 shorter than one clip, 0 broken of 4 videos (3 prepared now: " in done.stdout  # h264 kept
+    assert "3 ok, 1 shorter than one clip, 0 broken, 0 damaged (frames before the damage kept) of 4 videos (3 prepared now: " in done.stdout  # h264 kept
 
 
 def children_of(pid: int) -> list[int]:
@@ -371,7 +404,7 @@ def test_script_prepares_class_folders_with_a_label_map_and_refuses_a_bad_manife
         generated(tmp_path / "videos" / label / f"v{seed}.mp4", 40, 8, seed=seed)
     out = tmp_path / "out"
     assert prepare_videos.main([str(tmp_path / "videos"), str(out), "--processes", "1"]) == 0
-    assert "2 ok, 0 shorter than one clip, 0 broken of 2 videos" in capsys.readouterr().out
+    assert "2 ok, 0 shorter than one clip, 0 broken, 0 damaged (frames before the damage kept) of 2 videos" in capsys.readouterr().out
     samples, label_map = load_manifests(out / "manifest.txt")
     assert [(Path(s.path).relative_to(out).as_posix(), s.label) for s in samples] == [("run/v1.mp4", 0),
                                                                                     ("walk/v0.mp4", 1)]
