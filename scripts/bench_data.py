@@ -45,11 +45,11 @@ from torch.utils.data import DataLoader
 
 from stjepa.data.clips import clip_indices, frame_step_for
 from stjepa.data.decoding import (
+    DECODERS,
     DecordReader,
     PyAVReader,
     VideoError,
     VideoReader,
-    available_decoders,
     open_video,
 )
 from stjepa.data.image_dataset import ImageDataset
@@ -212,16 +212,15 @@ def mean_abs_levels(raw_paths, prepared_paths, count: int) -> float:
 
 
 def usable_decoders(decoders, path) -> list[str]:
-    """``decoders`` that open ``path``; one sentence for each that does not (torchcodec without FFmpeg)."""
+    """``decoders`` that open ``path``; one sentence for each that does not (torchcodec not
+    installed, or without FFmpeg's libraries)."""
     usable = []
     for decoder in decoders:
         try:
             open_video(path, decoder).close()
             usable.append(decoder)
         except (VideoError, RuntimeError, OSError, ValueError) as exc:
-            hint = (" (torchcodec needs FFmpeg's shared libraries, versions 4-8: e.g. apt install ffmpeg, or "
-                    "conda install ffmpeg)" if decoder == "torchcodec" else "")
-            print(f"skipping {decoder}: it cannot decode here{hint}: {str(exc).splitlines()[0][:200]}")
+            print(f"skipping {decoder}: {str(exc).splitlines()[0][:300]}")
     return usable
 
 
@@ -287,7 +286,8 @@ def bench_size(tmp: Path, height: int, args, base: dict) -> list[dict]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--decoders", nargs="+", default=[d for d in ("decord", "pyav", "torchcodec") if d in available_decoders()])
+    p.add_argument("--decoders", nargs="+", default=list(DECODERS), help="each one that cannot run here is "
+                   "skipped with one sentence saying why")
     p.add_argument("--heights", type=int, nargs="+", default=[1080, 320], help="source heights (16:9)")
     p.add_argument("--clips", type=int, default=20, help="clips timed per decoder and file kind")
     p.add_argument("--videos", type=int, default=2)

@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     now = summary.prepared_now
     busy = sum(o.seconds for o in now)
     rate = f"{len(now) / busy:.2f} videos/s per process" if busy else "nothing new to prepare"
+    damaged = sum(o.damaged for o in summary.outcomes)
     print(f"{summary.count('ok')} ok, {summary.count('short')} shorter than one clip, {summary.count('broken')} "
-          f"broken of {len(summary.outcomes)} videos ({len(now)} prepared now: {rate}; "
+          f"broken, {damaged} damaged (frames before the damage kept) of {len(summary.outcomes)} videos ({len(now)} prepared now: {rate}; "
           f"{time.perf_counter() - t0:.0f} s in all); manifest: {summary.manifest}; report: {summary.report}")
-    if summary.count("broken") or summary.count("short"):
-        print(f"warning: see {summary.report} for the broken and short videos (broken ones are commented out "
-              "in the manifest; short ones are kept and padded or skipped as data.short_video says).",
+    if summary.count("broken") or summary.count("short") or damaged:
+        print(f"warning: see {summary.report} for the broken, damaged and short videos (broken ones are commented "
+              "out in the manifest, damaged ones named in a comment above their entry; short ones are kept and "
+              "padded or skipped as data.short_video says).",
               file=sys.stderr)
     return 0
 

@@ -301,6 +301,30 @@ def test_profile_layers_command_line(tmp_path):
     assert rows[0]["backend"] in ("sdpa", "global") and rows[1]["backend"] in ("padded", "equal")
 
 
+def test_bench_data_skips_torchcodec_without_ffmpeg_in_one_sentence(tmp_path, monkeypatch, capsys):
+    """torchcodec installed but FFmpeg's libraries missing: its import fails as the real one does
+    (a stand-in package whose decoders module raises torchcodec's RuntimeError); the benchmark
+    goes on with the others and says in one line why and how to install the libraries."""
+    pytest.importorskip("av")
+    import bench_data
+
+    package = tmp_path / "torchcodec"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "decoders.py").write_text('raise RuntimeError("Could not load libtorchcodec. Likely causes:\\n'
+                                         '  1. FFmpeg is not properly installed in your environment.")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "torchcodec" or m.startswith("torchcodec.")]:
+        monkeypatch.delitem(sys.modules, name)
+    video = tmp_path / "v.mp4"
+    bench_data.write_raw_videos(tmp_path, 64, 1, 8)[0].rename(video)
+    assert bench_data.usable_decoders(["pyav", "torchcodec"], str(video)) == ["pyav"]
+    assert capsys.readouterr().out.splitlines() == [
+        "skipping torchcodec: data.decoder='torchcodec' cannot be used: torchcodec is installed but cannot load "
+        "FFmpeg's shared libraries (versions 4-8; `apt install ffmpeg` or `conda install ffmpeg` installs them), "
+        "or choose another of decord, pyav, torchcodec."]
+
+
 @pytest.mark.slow
 def test_bench_data_reports_clips_and_images_per_worker(tmp_path):
     pytest.importorskip("av")

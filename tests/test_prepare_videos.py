@@ -189,6 +189,11 @@ def test_prepared_clip_differs_from_the_raw_clip_only_by_the_re_encode(sources, 
             b = TrainTransform(224)(done_clip, np.random.default_rng(seed))
             mad = float(((a - b).abs() * std).mean())
             assert 0 < mad <= MAX_MEAN_ABS_LEVELS, (name, seed, mad)
+            # the same frames: the prepared clip one frame later differs more (on bigbuckbunny
+            # by less than the bound: 3.2 levels, so the bound alone would not catch a shift)
+            later = TrainTransform(224)(torch.from_numpy(done.get_batch(np.minimum(idx + 1, len(done) - 1)).asnumpy()),
+                                        np.random.default_rng(seed))
+            assert float(((a - later).abs() * std).mean()) > mad, (name, seed)
 
 
 def test_pyav_skipping_non_reference_frames_returns_the_same_frames(sources, prepared):
@@ -227,6 +232,39 @@ def test_frame_rate_conversion_takes_the_nearest_frame(sources, tmp_path):
         nearest = min(errors, key=errors.get)
         assert nearest == int(np.floor(j * 2.5 + 0.5)) or errors[nearest] == errors[int(np.floor(j * 2.5 + 0.5))], (
             j, errors)
+
+
+def test_an_input_damaged_in_the_middle_is_named_in_the_report_and_the_manifest(sources, tmp_path):
+    """bigbuckbunny with bytes overwritten from a third of the file on: PyAV decodes its first
+    frames, then fails. The frames before the damage are kept, and the report, the manifest and
+    the script's summary say so, also after a resumed run."""
+    _, files, _ = sources
+    data = bytearray(Path(files["bunny"]).read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, 50, dtype=np.uint8).tobytes()
+    for i in range(len(data) // 3, len(data) // 3 + 200_000, 997):
+        data[i : i + 50] = noise
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with av.open(str(damaged)) as container:  # the reference: how far PyAV itself decodes it
+        before = 0
+        with pytest.raises(av.error.FFmpegError):
+            for _ in container.decode(video=0):
+                before += 1
+    assert 0 < before < 132
+    listing = tmp_path / "list.txt"
+    whole = shutil.copy(files["h264"], tmp_path / "h264.mp4")  # next to it: outputs side by side
+    listing.write_text(f"{damaged} 3\n{whole} 4\n")
+    out = tmp_path / "out"
+    for run in range(2):  # the second run resumes: same report
+        assert prepare_videos.main([str(listing), str(out), "--processes", "1"]) == 0
+        row = report_rows(out)[str(damaged)]
+        assert row["frames"] == str(before) == str(stream_facts(str(out / "damaged.mp4"))["frames"])
+        assert row["reason"].startswith(f"damaged: decoding stopped after {before} frames (")
+        assert "the frames before are kept" in row["reason"]
+        manifest = (out / "manifest.txt").read_text().splitlines()
+        assert manifest[0] == f"# damaged, its first {before} frames kept: {damaged}: {row['reason']}"
+        assert manifest[1:] == ["damaged.mp4 3", "h264.mp4 4"]
+    assert [s.label for s in load_manifests(out / "manifest.txt")[0]] == [3, 4]
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -273,7 +311,60 @@ def test_a_killed_run_leaves_only_complete_videos_and_resumes(sources, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in out.glob("*.mp4")) == ["bigbuckbunny.mp4", "h264.mp4", "short.mp4", "vp9.mp4"]
     assert not list(out.glob(".*.partial"))
-    assert "3 ok, 1 shorter than one clip, 0 broken of 4 videos (3 prepared now: " in done.stdout  # h264 kept
+    assert "3 ok, 1 shorter than one clip, 0 broken, 0 damaged (frames before the damage kept) of 4 videos (3 prepared now: " in done.stdout  # h264 kept
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_killing_a_parallel_run_ends_its_workers_too(sources, tmp_path):
+    """SIGKILL the script while its two worker processes write: the workers end with it (they
+    would otherwise go on with the videos queued to them and race a run started again), only
+    their temporary files stay, and a second run removes them and prepares everything."""
+    _, files, _ = sources
+    names = ("bunny", "h264", "vp9", "short")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{files[n]} {i}\n" for i, n in enumerate(names)))
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "scripts" / "prepare_videos.py"), str(listing), str(out), "--processes", "2"]
+    child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    half = partial_path(out / "bigbuckbunny.mp4")  # the first job: seconds of work
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not (half.exists() and half.stat().st_size > 0) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = children_of(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert half.exists() and len(workers) >= 2  # killed while the pool's workers ran
+    deadline = time.monotonic() + 60  # they poll for their parent every 0.2 s; left alone they wait forever
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers)
+    assert not (out / "bigbuckbunny.mp4").exists()  # nobody finished it after the kill
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["bigbuckbunny.mp4", "h264.mp4", "short.mp4", "vp9.mp4"]
+    assert not list(out.glob(".*.partial"))
+    assert stream_facts(str(out / "bigbuckbunny.mp4"))["frames"] == len(decord.VideoReader(files["bunny"]))
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -318,7 +409,7 @@ def test_script_prepares_class_folders_with_a_label_map_and_refuses_a_bad_manife
         generated(tmp_path / "videos" / label / f"v{seed}.mp4", 40, 8, seed=seed)
     out = tmp_path / "out"
     assert prepare_videos.main([str(tmp_path / "videos"), str(out), "--processes", "1"]) == 0
-    assert "2 ok, 0 shorter than one clip, 0 broken of 2 videos" in capsys.readouterr().out
+    assert "2 ok, 0 shorter than one clip, 0 broken, 0 damaged (frames before the damage kept) of 2 videos" in capsys.readouterr().out
     samples, label_map = load_manifests(out / "manifest.txt")
     assert [(Path(s.path).relative_to(out).as_posix(), s.label) for s in samples] == [("run/v1.mp4", 0),
                                                                                     ("walk/v0.mp4", 1)]

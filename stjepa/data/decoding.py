@@ -458,6 +458,10 @@ def open_video(path: str | os.PathLike, decoder: str = "decord", num_threads: in
                          "(0 lets the decoder choose).")
     if not _importable(decoder):
         package = _PACKAGES[decoder]
+        if importlib.util.find_spec(package) is not None:  # torchcodec without FFmpeg's libraries
+            raise ConfigError(f"data.decoder={decoder!r} cannot be used: {package} is installed but cannot load "
+                             f"FFmpeg's shared libraries (versions 4-8; `apt install ffmpeg` or `conda install "
+                             f"ffmpeg` installs them), or choose another of {', '.join(DECODERS)}.")
         raise ConfigError(f"data.decoder={decoder!r} needs the {package} package, which is not installed "
                          f"(or cannot be imported); install it with `pip install {package}` or choose another "
                          f"of {', '.join(DECODERS)}.")

@@ -19,12 +19,15 @@ folder, ``.mp4`` names), ``manifest.txt`` (a V-JEPA list, paths relative to the 
 same labels; broken inputs as ``#`` comment lines), ``manifest_classes.json`` for named labels
 (Kinetics CSVs, class folders; ids alphabetical as :func:`build_label_map` gives them),
 ``prepare_report.tsv`` (one row per input: ok / short / broken, frames, reason) and
-``prepare_settings.json``. The prepared folder is an ordinary manifest: nothing else changes to
+``prepare_settings.json``. An input that decodes for a while and then fails (damaged in the
+middle, cut off) keeps the frames before the damage: its row's reason and a ``#`` line above
+its manifest entry say where decoding stopped (kept for a resumed run in ``.<name>.damaged``). The prepared folder is an ordinary manifest: nothing else changes to
 read it (``data.train_manifest=<out>/manifest.txt``).
 
 A run is resumable: a finished video was renamed from its temporary name (``.<name>.partial``)
 after its last byte, so a video present under its final name is complete and skipped; leftover
-temporary files of a killed run are removed. A folder prepared with other settings is refused.
+temporary files of a killed run are removed (its worker processes end with it, so none still
+writes them). A folder prepared with other settings is refused.
 
 Options and their trade-offs:
 
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -119,6 +123,7 @@ class Outcome:
     frames: int = 0
     fps: float = 0.0
     reason: str = ""
+    damaged: bool = False  # decoding stopped early: only the frames before the damage were kept
     seconds: float = 0.0  # spent preparing (0 for a video finished by an earlier run)
     resumed: bool = False  # finished by an earlier run
 
@@ -174,16 +179,18 @@ def _resampled(frames: Iterator, source_fps: float, fps: float | None) -> Iterat
 
 
 def encode_prepared(source: str, target: str | os.PathLike, settings: PrepareSettings,
-                    threads: int = 1) -> tuple[int, float]:
+                    threads: int = 1) -> tuple[int, float, str]:
     """Decode ``source`` and write it to ``target`` as the module docstring says; returns the
-    number of frames written and their rate. Raises VideoError for an input that cannot be used."""
+    number of frames written, their rate, and for an input damaged after its first frame a
+    sentence saying where decoding stopped ("" otherwise). Raises VideoError for an input that
+    cannot be used."""
     import av
 
     try:
         container = av.open(source, mode="r")
     except Exception as exc:  # av.error.FFmpegError subclasses OSError / ValueError
         raise VideoError(f"video {source!r} could not be opened by PyAV: {_reason(exc)}.") from exc
-    written = 0
+    written, damage = 0, ""
     try:
         if not container.streams.video:
             raise VideoError(f"video {source!r} has no video stream.")
@@ -214,13 +221,15 @@ def encode_prepared(source: str, target: str | os.PathLike, settings: PrepareSet
             except av.error.FFmpegError as exc:
                 if not written:
                     raise VideoError(f"video {source!r} could not be decoded by PyAV: {_reason(exc)}.") from exc
-                # a file cut off or damaged in the middle: keep the frames before the damage
+                # a file cut off or damaged in the middle: keep the frames before the damage, and say so
+                damage = (f"damaged: decoding stopped after {written} frames ({_reason(exc)}); "
+                          "the frames before are kept")
             if encoder is None:
                 raise VideoError(f"video {source!r} has no decodable frames.")
             out.mux(encoder.encode())  # flush
     finally:
         container.close()
-    return written, float(out_rate)
+    return written, float(out_rate), damage
 
 
 def frames_and_fps(path: str | os.PathLike) -> tuple[int, float]:
@@ -232,30 +241,43 @@ def frames_and_fps(path: str | os.PathLike) -> tuple[int, float]:
         return int(stream.frames), float(stream.average_rate or 0)
 
 
-def _checked(job: Job, frames: int, fps: float, **fields) -> Outcome:
+def damage_note_path(output: str | os.PathLike) -> Path:
+    """Where the damage sentence of a video prepared from a damaged input is kept (for the
+    report of a resumed run)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.damaged")
+
+
+def _checked(job: Job, frames: int, fps: float, damage: str = "", **fields) -> Outcome:
     span = job.clip.span(fps)
-    if frames >= span:
-        return Outcome(job.source, job.output, "ok", frames, fps, **fields)
-    return Outcome(job.source, job.output, "short", frames, fps,
-                   reason=f"{frames} frames, fewer than one clip ({span} at {fps:g} fps)", **fields)
+    short = f"{frames} frames, fewer than one clip ({span} at {fps:g} fps)" if frames < span else ""
+    reason = "; ".join(text for text in (damage, short) if text)
+    return Outcome(job.source, job.output, "short" if short else "ok", frames, fps, reason=reason,
+                   damaged=bool(damage), **fields)
 
 
 def prepare_one(job: Job, settings: PrepareSettings, threads: int = 1) -> Outcome:
     """Prepare one video (skipped if its output exists); a broken input gives status broken."""
+    note = damage_note_path(job.output)
     if os.path.exists(job.output):
-        return _checked(job, *frames_and_fps(job.output), resumed=True)
+        damage = note.read_text(encoding="utf-8") if note.exists() else ""
+        return _checked(job, *frames_and_fps(job.output), damage, resumed=True)
     t0 = time.perf_counter()
     tmp = partial_path(job.output)
     try:
         check_video_file(job.source)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        frames, fps = encode_prepared(job.source, tmp, settings, threads)
+        frames, fps, damage = encode_prepared(job.source, tmp, settings, threads)
+        if damage:  # before the video: a video under its final name has its note
+            _write_atomic(note, damage)
+        else:
+            note.unlink(missing_ok=True)
         os.replace(tmp, job.output)  # complete: only now under its final name
     except VideoError as exc:
         return Outcome(job.source, job.output, "broken", reason=str(exc), seconds=time.perf_counter() - t0)
     finally:
         tmp.unlink(missing_ok=True)
-    return _checked(job, frames, fps, seconds=time.perf_counter() - t0)
+    return _checked(job, frames, fps, damage, seconds=time.perf_counter() - t0)
 
 
 # -- a manifest -----------------------------------------------------------------------------------
@@ -303,6 +325,18 @@ def _check_settings_file(out_dir: Path, settings: PrepareSettings) -> None:
     _write_atomic(path, json.dumps(wanted, indent=2) + "\n")
 
 
+def _exit_with(parent: int) -> None:
+    """Pool initializer: end this worker as soon as ``parent`` (the run) is gone. A killed run's
+    workers would otherwise go on with the videos queued to them, and a run started again at
+    once would write the same temporary files as they do."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)  # its temporary file is removed by the next run
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _run(jobs: list[Job], settings: PrepareSettings, processes: int, threads: int,
          on_done: Callable[[Outcome], None]) -> list[Outcome]:
     if processes == 1:
@@ -312,7 +346,7 @@ def _run(jobs: list[Job], settings: PrepareSettings, processes: int, threads: in
             on_done(outcomes[-1])
         return outcomes
     outcomes = []
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    with ProcessPoolExecutor(max_workers=processes, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         for future in as_completed([pool.submit(prepare_one, job, settings, threads) for job in jobs]):
             outcomes.append(future.result())
             on_done(outcomes[-1])
@@ -362,6 +396,8 @@ def prepare_manifest(
         if outcome.status == "broken":
             lines.append(f"# broken, not prepared: {sample.path} {label_map[name]}: {outcome.reason}")
         else:
+            if outcome.damaged:  # kept, and named
+                lines.append(f"# damaged, its first {outcome.frames} frames kept: {sample.path}: {outcome.reason}")
             rel = os.path.relpath(outcome.output, out_dir)
             lines.append(f"{'./' + rel if rel.startswith('#') else rel} {label_map[name]}")  # '#' starts a comment
     for outcome in by_source.values():
