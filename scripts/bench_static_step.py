@@ -1,13 +1,14 @@
 """What static shapes cost and buy: one training step (bench_train_step.py's step) timed with the
-masks truncated only (shapes change from batch to batch), padded to their static lengths (what
-training draws), and padded under ``torch.compile`` (fullgraph, the module's ``compile=true``).
+masks truncated only (shapes change from batch to batch), padded to their static lengths under the
+default static_slots rule (what training draws) and to the exact bound (``static_slots=bound``),
+and padded under ``torch.compile`` (fullgraph, the module's ``compile=true``).
 
 The variants' steps are interleaved (step i of every variant, then step i + 1), so load from
 other work on a shared machine falls on all of them alike; each step draws fresh masks (a new
 seed per step). The first step of each variant is a warm-up, and the compiled variant's first
 step, the compilation, is reported apart. Per row: the padded fraction of the context and target
-slots (over ``--draws`` draws, under the default static_slots rule; timed steps use it too), the median step time and its ratio to the padded eager step of the same
-size in the same run.
+slots (over ``--draws`` draws, under the default static_slots rule), the median step time and its
+ratio to the padded eager step of the same size in the same run.
 
     python scripts/bench_static_step.py --sizes 64px/8f-b8 --layouts full 2x2 --csv out.csv
     python scripts/bench_static_step.py --padding-only --model vit_large --sizes 256px/16f-b4 --slots bound 0.05
@@ -25,7 +26,8 @@ from stjepa.data.masks import STATIC_SLOTS, V_JEPA2_MASKS, MaskCollator, check_s
 from stjepa.utils.bench import attention_settings, model_settings, size_args, write_csv
 from stjepa.utils.timing import describe_device, git_commit
 
-VARIANTS = ("truncated", "padded", "compiled")
+# padded and compiled: the default static_slots rule; bound: eager, padded to the exact worst case
+VARIANTS = ("truncated", "padded", "bound", "compiled")
 
 
 def padded_fraction(grid, batch: int, draws: int, slots_rule=STATIC_SLOTS) -> dict:
@@ -64,7 +66,8 @@ def time_variants(model, layout, crop, frames, batch, variants, iters) -> dict[s
     times = {v: [] for v in variants}
     for i in range(iters + 1):
         for variant, (module, optimizer) in steps.items():
-            batch_data = make_batch(module, batch, cpu, seed=i, pad=variant != "truncated")
+            batch_data = make_batch(module, batch, cpu, seed=i, pad=variant != "truncated",
+                                    slots="bound" if variant == "bound" else STATIC_SLOTS)
             step = make_train_step(module, optimizer, batch_data)
             start = time.perf_counter()
             step()

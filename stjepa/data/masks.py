@@ -47,7 +47,7 @@ from ..models.grid import PAD, Grid
 # number of pieces; more pieces make it tighter, down to the exact range of the drawn sizes)
 BOUND_PIECES = 4096
 # the default static_slots rule (see the module docstring; "bound" or a quantile q in (0, 1])
-STATIC_SLOTS: str | float = 0.05
+STATIC_SLOTS: str | float = 0.75
 # quantile slots: this many draws of the generator, from this seed
 SLOT_DRAWS, SLOT_SEED = 256, 27
 
