@@ -20,10 +20,16 @@ grid and the batch size (never from the data), by one of two rules (``static_slo
   same cells), so it is loose for the union of many: 54-75% of the context and 27-42% of the target
   slots are padding at the published sizes (BENCHMARKS.md), compute spent on nothing.
 - ``q`` in (0, 1]: the ceil(q * 256)-th smallest official (batch-minimum) count over 256 draws of
-  this generator at this batch size from a fixed seed: about a fraction q of batches are padded
-  (a little), the rest cut a little below the official count. :data:`STATIC_SLOTS` is the default,
-  chosen from the measured trade-off in BENCHMARKS.md ("Tighter slots"): a few percent of the slots
-  padding and under 1% fewer real tokens than the official truncation at the published sizes.
+  this generator at this batch size from a fixed seed: about a fraction q of batches are padded,
+  the others cut below the official count (their last tokens go, as in the official truncation).
+  No q is both unpadded and uncut, because the batch minimum varies a lot between batches (one
+  block size per batch). :data:`STATIC_SLOTS` = 0.75 is the default, chosen from the measured
+  trade-off (BENCHMARKS.md, "Tighter slots"): at the published sizes 15-27% of the context slots
+  are padding and 1.3-3.3% of the official context tokens are cut, so the context encoder runs on
+  1.14-1.35x the official tokens (the bound: 2.2-3.8x); lower q cut far more (0.5: 5-19%).
+
+The batch size is the drawn batch's: every training batch has the per-device size, and a shorter
+last validation batch, whose shapes differ anyway, gets its own slots.
 
 A ``full_complement`` target is everything the kept context leaves out, so it keeps the bound's
 slots under either rule (it must hold the whole complement). ``max_keep`` caps the context slots.
@@ -46,7 +52,7 @@ from ..models.grid import PAD, Grid
 # u in [0, 1) is cut into this many pieces to bound the block size on each (a valid bound for any
 # number of pieces; more pieces make it tighter, down to the exact range of the drawn sizes)
 BOUND_PIECES = 4096
-# the default static_slots rule (see the module docstring; "bound" or a quantile q in (0, 1])
+# the default static_slots rule: "bound" or a quantile q in (0, 1] (the module docstring says why 0.75)
 STATIC_SLOTS: str | float = 0.75
 # quantile slots: this many draws of the generator, from this seed
 SLOT_DRAWS, SLOT_SEED = 256, 27
