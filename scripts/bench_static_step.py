@@ -1,16 +1,18 @@
 """What static shapes cost and buy: one training step (bench_train_step.py's step) timed with the
-masks truncated only (shapes change from batch to batch), padded to their static lengths (what
-training draws), and padded under ``torch.compile`` (fullgraph, the module's ``compile=true``).
+masks truncated only (shapes change from batch to batch), padded to their static lengths under the
+default static_slots rule (what training draws) and to the exact bound (``static_slots=bound``),
+and padded under ``torch.compile`` (fullgraph, the module's ``compile=true``).
 
 The variants' steps are interleaved (step i of every variant, then step i + 1), so load from
 other work on a shared machine falls on all of them alike; each step draws fresh masks (a new
 seed per step). The first step of each variant is a warm-up, and the compiled variant's first
 step, the compilation, is reported apart. Per row: the padded fraction of the context and target
-slots (over 20 draws), the median step time and its ratio to the padded eager step of the same
-size in the same run.
+slots (over ``--draws`` draws, under the default static_slots rule), the median step time and its
+ratio to the padded eager step of the same size in the same run.
 
     python scripts/bench_static_step.py --sizes 64px/8f-b8 --layouts full 2x2 --csv out.csv
-    python scripts/bench_static_step.py --padding-only --model vit_large --sizes 256px/16f-b4   # fractions only
+    python scripts/bench_static_step.py --padding-only --model vit_large --sizes 256px/16f-b4 --slots bound 0.05
+        # fractions only: padding and real tokens kept vs the official truncation, per static_slots rule
 """
 from __future__ import annotations
 
@@ -20,26 +22,40 @@ import time
 import torch
 from bench_train_step import build_training, make_batch, make_train_step
 
-from stjepa.data.masks import V_JEPA2_MASKS, MaskCollator
+from stjepa.data.masks import STATIC_SLOTS, V_JEPA2_MASKS, MaskCollator, check_slots_rule
 from stjepa.utils.bench import attention_settings, model_settings, size_args, write_csv
 from stjepa.utils.timing import describe_device, git_commit
 
-VARIANTS = ("truncated", "padded", "compiled")
+# padded and compiled: the default static_slots rule; bound: eager, padded to the exact worst case
+VARIANTS = ("truncated", "padded", "bound", "compiled")
 
 
-def padded_fraction(grid, batch: int, draws: int) -> dict:
-    """Fraction of the context and of the target slots that are padding, over ``draws`` batches."""
-    collator = MaskCollator(grid, V_JEPA2_MASKS, pad=True)
-    empty = {"context": 0, "target": 0}
-    slots = {"context": 0, "target": 0}
+def padded_fraction(grid, batch: int, draws: int, slots_rule=STATIC_SLOTS) -> dict:
+    """Over ``draws`` batches (seeds 0, 1, ...): the fraction of the context and of the target slots
+    that are padding, and the real tokens kept relative to the official truncation of the same
+    draw (the unpadded lists)."""
+    collator = MaskCollator(grid, V_JEPA2_MASKS, pad=True, slots=slots_rule)
+    official = MaskCollator(grid, V_JEPA2_MASKS)
+    sums = {f"{what}_{k}": 0 for what in ("padding", "slots", "real", "official") for k in ("context", "target")}
     for seed in range(draws):
-        enc, pred = collator(batch, torch.Generator().manual_seed(seed))
-        for name, masks in (("context", enc), ("target", pred)):
-            empty[name] += sum(int((m < 0).sum()) for m in masks)
-            slots[name] += sum(m.numel() for m in masks)
-    return {f"padded_{k}": round(empty[k] / slots[k], 4) for k in slots} | {
-        "context_slots": "+".join(str(g.slots()[0]) for g in collator.generators),
-        "target_slots": "+".join(str(g.slots()[1]) for g in collator.generators)}
+        padded = collator(batch, torch.Generator().manual_seed(seed))
+        plain = official(batch, torch.Generator().manual_seed(seed))
+        for name, masks, reference in zip(("context", "target"), padded, plain):
+            sums[f"padding_{name}"] += sum(int((m < 0).sum()) for m in masks)
+            sums[f"slots_{name}"] += sum(m.numel() for m in masks)
+            sums[f"real_{name}"] += sum(int((m >= 0).sum()) for m in masks)
+            sums[f"official_{name}"] += sum(m.numel() for m in reference)
+    out = {"slots_rule": slots_rule}
+    for k in ("context", "target"):
+        out[f"padded_{k}"] = round(sums[f"padding_{k}"] / sums[f"slots_{k}"], 4)
+        out[f"kept_{k}_vs_official"] = round(sums[f"real_{k}"] / sums[f"official_{k}"], 4)
+    return out | {"context_slots": "+".join(str(g.slots(batch)[0]) for g in collator.generators),
+                  "target_slots": "+".join(str(g.slots(batch)[1]) for g in collator.generators)}
+
+
+def slots_arg(text: str):
+    """A --slots value: "bound" or a quantile."""
+    return check_slots_rule(text if text == "bound" else float(text))
 
 
 def time_variants(model, layout, crop, frames, batch, variants, iters) -> dict[str, dict]:
@@ -50,7 +66,8 @@ def time_variants(model, layout, crop, frames, batch, variants, iters) -> dict[s
     times = {v: [] for v in variants}
     for i in range(iters + 1):
         for variant, (module, optimizer) in steps.items():
-            batch_data = make_batch(module, batch, cpu, seed=i, pad=variant != "truncated")
+            batch_data = make_batch(module, batch, cpu, seed=i, pad=variant != "truncated",
+                                    slots="bound" if variant == "bound" else STATIC_SLOTS)
             step = make_train_step(module, optimizer, batch_data)
             start = time.perf_counter()
             step()
@@ -71,6 +88,9 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--padding-only", action="store_true", help="only the padded fractions (no model, no timing)")
+    p.add_argument("--slots", nargs="+", default=[STATIC_SLOTS], type=slots_arg,
+                   help="static_slots rules to measure the padding of: bound and/or quantiles q in (0, 1]")
+    p.add_argument("--draws", type=int, default=20, help="mask draws per size for the padded fractions")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     commit, device = git_commit(), describe_device(torch.device("cpu"))
@@ -80,10 +100,12 @@ def main(argv=None):
         crop, frames = size_args(size.rsplit("-b", 1)[0])[:2]
         batch = int(size.rsplit("-b", 1)[1])
         grid = (frames // model["tubelet_size"], crop // model["patch_size"], crop // model["patch_size"])
-        fractions = padded_fraction(grid, batch, draws=20)
-        print(f"{size}: {fractions}", flush=True)
+        for rule in args.slots:
+            fractions = padded_fraction(grid, batch, args.draws, rule)
+            print(f"{size}: {fractions}", flush=True)
+            if args.padding_only:
+                rows.append(dict(size=size, model=args.model, draws=args.draws, **fractions, commit=commit))
         if args.padding_only:
-            rows.append(dict(size=size, model=args.model, **fractions, commit=commit))
             continue
         for layout in args.layouts:
             timed = time_variants(model, layout, crop, frames, batch, args.variants, args.iters)

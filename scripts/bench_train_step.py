@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from stjepa.data.masks import STATIC_SLOTS
 from stjepa.models import AttentionSettings
 from stjepa.models.flops import Flops, train_step_flops
 from stjepa.models.stack import prepare_layers
@@ -73,13 +74,15 @@ def step_flops(module: JEPAPretrainModule, batch: dict) -> Flops:
                             batch["masks_enc"], batch["masks_pred"])
 
 
-def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0, pad: bool = False) -> dict:
+def make_batch(module: JEPAPretrainModule, batch: int, device: torch.device, seed: int = 0, pad: bool = False,
+               slots: str | float = STATIC_SLOTS) -> dict:
     """Random clips plus V-JEPA 2 masks for the module's token grid, as the data loader gives them
-    (``pad``: padded to static lengths, as train.py draws them when it compiles)."""
+    (``pad``: padded to static lengths under the ``slots`` rule, as train.py draws them when it
+    compiles)."""
     enc = module.encoder
     g = torch.Generator().manual_seed(seed)
     video = torch.randn(batch, 3, enc.num_frames, enc.img_size, enc.img_size, generator=g).to(device)
-    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device, pad)
+    masks_enc, masks_pred = draw_masks(enc.default_grid, batch, seed, device, pad, slots)
     return {"video": video, "masks_enc": masks_enc, "masks_pred": masks_pred}
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_choice, check_int
 from .data.manifests import RENAMED_KEYS
-from .data.masks import MaskSpec, MultiBlockMaskGenerator
+from .data.masks import MaskSpec, MultiBlockMaskGenerator, check_slots_rule
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
 from .networks import RunAttention, build_encoder, build_predictor
@@ -184,7 +184,7 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
         frames = 1 if group == "image_mask" else data.get("frames_per_clip") // model.get("tubelet_size", 2)
         for name, spec in cfg[group].items():
             try:  # a config that leaves no context in any draw has no bound (and would redraw forever)
-                MultiBlockMaskGenerator((frames, crop // patch, crop // patch), MaskSpec.create(plain(spec))).slots()
+                MultiBlockMaskGenerator((frames, crop // patch, crop // patch), MaskSpec.create(plain(spec))).bound()
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc).replace("mask.", f"{group}.{name}.", 1)) from None
     check_modalities(cfg, world)
@@ -198,6 +198,11 @@ def check_train_config(cfg: DictConfig) -> RunAttention:
     if cfg.get("static_masks") not in (None, True, False):
         raise ConfigError(f"static_masks={cfg.get('static_masks')!r} is not allowed; allowed values are true, false "
                           "and null (= whether compile is on).")
+    if cfg.get("static_slots") is not None:
+        try:
+            check_slots_rule(cfg.static_slots)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.get("compile") not in COMPILE_CHOICES:
         raise ConfigError(f"compile={cfg.get('compile')!r} is not allowed; allowed values are false, true, "
                           f"{', '.join(str(c) for c in COMPILE_CHOICES[2:])}.")

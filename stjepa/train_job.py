@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from .callbacks import ExportHF, ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
+from .data.masks import STATIC_SLOTS
 from .preflight import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
 from .hf_format import no_transformers_format
@@ -112,6 +113,13 @@ def static_masks(cfg: DictConfig) -> bool:
     return bool(cfg.get("compile")) if value is None else bool(value)
 
 
+def static_slots(cfg: DictConfig) -> str | float:
+    """The rule that sizes the padded index lists: ``static_slots``, or (null) the default
+    (:data:`stjepa.data.masks.STATIC_SLOTS`)."""
+    value = cfg.get("static_slots")
+    return STATIC_SLOTS if value is None else value
+
+
 def mask_sets(cfg: DictConfig, generation: Generation) -> dict[str, list[dict]]:
     """The mask sets of video and image steps: a generation with an image tokenizer (2.1) masks
     images with image_mask on their 1-frame grid; one whose images fill a clip (2.0) uses the
@@ -144,7 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_checked(cfg.data)
     # the run's attention goes in built (the module group names it only for the checkpoint's record)
     module = instantiate_checked(cfg.module, _convert_="all", _partial_=True)(attention=attention)
-    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.generation), pad=static_masks(cfg))
+    datamodule.configure_masking(module.input_grid, mask_sets(cfg, module.generation), pad=static_masks(cfg),
+                                 slots=static_slots(cfg))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"

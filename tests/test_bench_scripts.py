@@ -369,3 +369,24 @@ def test_gpu_check_dry_run_runs_every_part_and_reports_its_files(tmp_path):
     assert "### train_step.csv" in report and "### motion.json" in report
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path / "none")]) == 2  # no CUDA device: refused, not faked
+
+
+def test_static_step_padding_counts_padding_and_real_tokens_against_the_unpadded_lists():
+    import bench_static_step
+
+    from stjepa.data.masks import MaskCollator, V_JEPA2_MASKS
+
+    grid, batch, draws = (2, 8, 8), 4, 6
+    for rule in ("bound", 0.5):
+        out = bench_static_step.padded_fraction(grid, batch, draws, rule)
+        pads = slots = real = official = 0  # by hand: -1 entries, and the unpadded lists' lengths
+        for seed in range(draws):
+            enc, _ = MaskCollator(grid, V_JEPA2_MASKS, pad=True, slots=rule)(batch, torch.Generator().manual_seed(seed))
+            plain, _ = MaskCollator(grid, V_JEPA2_MASKS)(batch, torch.Generator().manual_seed(seed))
+            pads += sum(int((m == -1).sum()) for m in enc)
+            slots += sum(m.numel() for m in enc)
+            real += sum(int((m != -1).sum()) for m in enc)
+            official += sum(m.numel() for m in plain)
+        assert out["padded_context"] == round(pads / slots, 4)
+        assert out["kept_context_vs_official"] == round(real / official, 4)
+        assert (out["kept_context_vs_official"] == 1.0) == (rule == "bound") and out["padded_context"] > 0

@@ -4,7 +4,8 @@ The padded step must be the unpadded step: the loss and every parameter gradient
 step on padded masks equal those of the same step on the same masks unpadded (the reference:
 the networks run on exactly the real tokens, no padding anywhere), for every attention preset
 of every kind, V-JEPA 2.0 and 2.1 (both loss terms, distance weights), video and image steps.
-The slot counts are checked against a brute-force search over the drawn block sizes.
+The bound's slot counts are checked against a brute-force search over the drawn block sizes;
+the quantile rule's lists against counts and truncations done by hand on the boolean masks.
 """
 import math
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from stjepa.data.collate import MaskingCollate
-from stjepa.data.masks import MaskCollator, MaskSpec, MultiBlockMaskGenerator, V_JEPA2_MASKS
+from stjepa.data.masks import SLOT_DRAWS, SLOT_SEED, MaskCollator, MaskSpec, MultiBlockMaskGenerator, V_JEPA2_MASKS
 from stjepa.errors import ConfigError
 from stjepa.models import AttentionSettings
 from stjepa.models.flops import train_step_flops
@@ -49,7 +50,7 @@ def test_padded_step_equals_the_unpadded_step(layout, version):
                 continue  # a preset made for clips does not take a 1-frame grid
         specs = IMAGE_MASKS if image and version == "2.1" else V_JEPA2_MASKS
         plain = MaskCollator(grid, specs)(BATCH, torch.Generator().manual_seed(2))
-        padded = MaskCollator(grid, specs, pad=True)(BATCH, torch.Generator().manual_seed(2))
+        padded = MaskCollator(grid, specs, pad=True, slots="bound")(BATCH, torch.Generator().manual_seed(2))
         for a, b in zip(plain[0] + plain[1], padded[0] + padded[1]):  # the same masks, padded with -1
             assert torch.equal(b[:, :a.shape[1]], a) and (b[:, a.shape[1]:] == -1).all()
         assert any(b.shape[1] > a.shape[1] for a, b in zip(plain[0] + plain[1], padded[0] + padded[1]))
@@ -80,8 +81,8 @@ def brute_force_counts(grid, spec):
                                                                                       temporal_scale=(0.5, 1.0),
                                                                                       max_temporal_keep=0.5)])
 def test_slots_bound_every_draw_and_are_tight(grid, spec):
-    gen = MultiBlockMaskGenerator(grid, spec, pad=True)
-    ctx_slots, tgt_slots = gen.slots()
+    gen = MultiBlockMaskGenerator(grid, spec, pad=True, slots="bound")
+    ctx_slots, tgt_slots = gen.slots(2)
     numel = math.prod(grid)
     most, fewest = brute_force_counts(grid, spec)
     # the bound is the brute-force extreme (within what one piece of u can hide) ...
@@ -94,6 +95,64 @@ def test_slots_bound_every_draw_and_are_tight(grid, spec):
         assert ctx.shape == (2, ctx_slots) and tgt.shape == (2, tgt_slots)
 
 
+COMPLEMENT = MaskSpec(num_blocks=3, spatial_scale=(0.1, 0.3), full_complement=True)
+
+
+@pytest.mark.parametrize("spec", [*V_JEPA2_MASKS, COMPLEMENT])
+def test_quantile_slots_are_a_quantile_of_the_hand_counted_batch_minimum(spec):
+    grid, batch, q = (4, 8, 8), 4, 0.25
+    gen = MultiBlockMaskGenerator(grid, spec, pad=True, slots=q)
+    g, counts = torch.Generator().manual_seed(SLOT_SEED), []
+    for _ in range(SLOT_DRAWS):  # the reference: the smallest real context / target count of each batch, by hand
+        target = gen.draw(batch, g)
+        counts.append((min(int((~row).sum()) for row in target), min(int(row.sum()) for row in target)))
+    k = math.ceil(q * SLOT_DRAWS)
+    ctx_slots, tgt_slots = gen.slots(batch)
+    assert ctx_slots == sorted(c for c, _ in counts)[k - 1]
+    if spec.full_complement:  # room for the whole complement of the fewest context a draw keeps
+        assert math.prod(grid) - min(ctx_slots, min(c for c, _ in counts)) <= tgt_slots < math.prod(grid)
+    else:
+        assert tgt_slots == sorted(t for _, t in counts)[k - 1]
+    # reproducible: a new generator of the same config gives the same slots; a bigger batch fewer
+    assert MultiBlockMaskGenerator(grid, spec, pad=True, slots=q).slots(batch) == (ctx_slots, tgt_slots)
+    assert gen.slots(16)[0] < gen.slots(1)[0]
+
+
+@pytest.mark.parametrize("spec", [*V_JEPA2_MASKS, COMPLEMENT])
+def test_quantile_lists_keep_the_smaller_of_the_batch_minimum_and_the_slots(spec):
+    grid, batch, numel = (4, 8, 8), 4, 256
+    padded_gen = MultiBlockMaskGenerator(grid, spec, pad=True, slots=0.5)
+    plain_gen = MultiBlockMaskGenerator(grid, spec)
+    ctx_slots, tgt_slots = padded_gen.slots(batch)
+    cut = padded = 0
+    for seed in range(40):
+        ctx, tgt = padded_gen(batch, torch.Generator().manual_seed(seed))
+        plain_ctx, plain_tgt = plain_gen(batch, torch.Generator().manual_seed(seed))
+        target = plain_gen.draw(batch, torch.Generator().manual_seed(seed))  # the same draw, as boolean masks
+        assert ctx.shape == (batch, ctx_slots) and tgt.shape == (batch, tgt_slots)
+        keep_ctx = min(min(int((~row).sum()) for row in target), ctx_slots)
+        keep_tgt = min(min(int(row.sum()) for row in target), tgt_slots)
+        cut += keep_ctx < plain_ctx.shape[1]
+        padded += keep_ctx < ctx_slots
+        for i in range(batch):
+            real_ctx, real_tgt = ctx[i][ctx[i] >= 0].tolist(), tgt[i][tgt[i] >= 0].tolist()
+            assert len(real_ctx) == keep_ctx and set(real_ctx) <= set(plain_ctx[i].tolist())
+            assert all(not target[i, j] for j in real_ctx)
+            if spec.full_complement:  # the target is everything the kept context leaves out
+                assert sorted(real_tgt) == sorted(set(range(numel)) - set(real_ctx))
+            else:
+                assert len(real_tgt) == keep_tgt and set(real_tgt) <= set(plain_tgt[i].tolist())
+                assert all(target[i, j] for j in real_tgt)
+            assert (ctx[i][len(real_ctx):] == -1).all() and (tgt[i][len(real_tgt):] == -1).all()
+    assert cut and padded  # both sides of the quantile were drawn
+
+
+def test_a_bad_slots_rule_is_refused():
+    for bad in (0, 1.5, "tight", True, None):
+        with pytest.raises(ValueError, match=r"^static_slots=.* is not allowed; allowed values are bound"):
+            MaskCollator((4, 4, 4), V_JEPA2_MASKS, pad=True, slots=bad)
+
+
 def test_a_mask_config_without_context_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^mask.spatial_scale=\[1.0, 1.0\] with temporal_scale=\[1.0, 1.0\] .* "
                                           r"predicts every token of the 4x4x4 token grid in every draw"):
@@ -103,12 +162,12 @@ def test_a_mask_config_without_context_is_refused_naming_the_key():
 def test_the_collate_pads_and_the_flop_counter_counts_real_tokens():
     module = build_module("full", "2.0")
     grid = module.encoder.default_grid
-    collate = MaskingCollate(grid, V_JEPA2_MASKS, seed=0, pad=True)
+    collate = MaskingCollate(grid, V_JEPA2_MASKS, seed=0, pad=True, slots="bound")
     batch = collate([{"video": torch.randn(3, FRAMES, CROP, CROP), "index": i} for i in range(BATCH)])
     plain = MaskCollator(grid, V_JEPA2_MASKS)(BATCH, torch.Generator().manual_seed(0))
     shape = tuple(batch["video"].shape)
     strip = [[m[m >= 0].view(BATCH, -1) for m in masks] for masks in (batch["masks_enc"], batch["masks_pred"])]
-    assert [m.shape[1] for m in batch["masks_enc"]] == [g.slots()[0] for g in collate.masks.generators]
+    assert [m.shape[1] for m in batch["masks_enc"]] == [g.slots(BATCH)[0] for g in collate.masks.generators]
     assert train_step_flops(module.encoder, module.predictor, module.target_encoder, shape, *strip).total == \
         train_step_flops(module.encoder, module.predictor, module.target_encoder, shape, batch["masks_enc"],
                          batch["masks_pred"]).total
@@ -126,6 +185,12 @@ def test_static_masks_follow_compile_unless_set_and_bad_values_are_refused(tmp_p
     assert static_masks(compose_config(tmp_path, ["static_masks=true"]))
     with pytest.raises(ConfigError, match=r"^static_masks='yes' is not allowed; allowed values are true, false"):
         check_train_config(compose_config(tmp_path, ["static_masks=yes"]))
+    for bad in ("0", "1.5", "tight", "true"):
+        with pytest.raises(ConfigError, match=r"^static_slots=.* is not allowed; allowed values are bound .* or a "
+                                              r"quantile q with 0 < q <= 1"):
+            check_train_config(compose_config(tmp_path, [f"static_slots={bad}"]))
+    for good in ("bound", "0.25", "1"):
+        check_train_config(compose_config(tmp_path, [f"static_slots={good}"]))
     with pytest.raises(ConfigError, match=r"^mask.short_range.spatial_scale=\[1.0, 1.0\] .* predicts every token"):
         check_train_config(compose_config(tmp_path, ["mask.short_range.spatial_scale=[1.0,1.0]",
                                                      "mask.short_range.aspect_ratio=[1.0,1.0]"]))
@@ -134,16 +199,18 @@ def test_static_masks_follow_compile_unless_set_and_bad_values_are_refused(tmp_p
 def test_a_run_with_static_masks_trains_on_padded_batches(tmp_path, monkeypatch):
     from train_helpers import run_train
 
-    shapes = []
+    shapes, rules = [], set()
     collate = MaskingCollate.__call__
 
     def recording(self, samples):
         batch = collate(self, samples)
         shapes.append([(tuple(m.shape), bool((m < 0).any())) for m in batch["masks_enc"]])
+        rules.update(g.slots_rule for g in self.masks.generators)
         return batch
 
     monkeypatch.setattr(MaskingCollate, "__call__", recording)
-    metrics = run_train(tmp_path, "static_masks=true", "trainer.max_steps=2")
+    metrics = run_train(tmp_path, "static_masks=true", "static_slots=bound", "trainer.max_steps=2")
     assert metrics["global_step"] == 2
     assert len({tuple(s for s, _ in batch) for batch in shapes}) == 1  # one shape for every batch
     assert any(padded for batch in shapes for _, padded in batch)
+    assert rules == {"bound"}  # the key reaches the collate

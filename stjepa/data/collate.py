@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils.data import default_collate
 
-from .masks import MaskCollator, MaskSpec
+from .masks import STATIC_SLOTS, MaskCollator, MaskSpec
 
 
 def batch_seed(seed: int, indices: Sequence[int]) -> int:
@@ -46,12 +46,12 @@ class Collate:
 class MaskingCollate(Collate):
     """Collate, then add ``masks_enc`` / ``masks_pred`` (lists of (B, K) index tensors, one per
     mask set) for a token grid of ``grid``; with ``pad`` (static shapes), every list padded to its
-    mask set's fixed length (see :mod:`stjepa.data.masks`)."""
+    mask set's fixed length under the ``slots`` rule (see :mod:`stjepa.data.masks`)."""
 
     def __init__(self, grid: tuple[int, int, int], mask_sets: Sequence[MaskSpec | Mapping[str, Any]], seed: int = 0,
-                 source: str | None = None, pad: bool = False):
+                 source: str | None = None, pad: bool = False, slots: str | float = STATIC_SLOTS):
         super().__init__(source)
-        self.masks = MaskCollator(grid, mask_sets, pad)
+        self.masks = MaskCollator(grid, mask_sets, pad, slots)
         self.seed = seed
 
     def __call__(self, samples: list[dict]) -> dict:

@@ -19,7 +19,7 @@ from .collate import Collate, MaskingCollate
 from .file_dataset import FileDataset
 from .image_dataset import ImageDataset, SyntheticImages
 from .manifests import RENAMED_KEYS, check_lists_exist, load_manifests, save_label_map
-from .masks import Grid
+from .masks import STATIC_SLOTS, Grid
 from .sampler import StreamSampler
 from .synthetic import NOISE, MovingShapesDataset, num_classes
 from .transforms import EvalTransform, TrainTransform
@@ -84,11 +84,12 @@ class VideoDataModule(L.LightningDataModule):
 
     def configure_masking(self, grid_of: Callable[[tuple[int, ...]], Grid],
                           mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], seed: int | None = None,
-                          pad: bool = False) -> None:
+                          pad: bool = False, slots: str | float = STATIC_SLOTS) -> None:
         """Draw V-JEPA masks in the collate function: ``grid_of`` gives the model's token grid of
-        an input shape, ``mask_sets`` the mask sets of each modality; ``pad``: static shapes."""
+        an input shape, ``mask_sets`` the mask sets of each modality; ``pad``: static shapes, with
+        ``slots`` the static_slots rule."""
         self.masking = MaskingCollate(grid_of(self.input_shape), mask_sets[self.modality],
-                                      seed=self.seed if seed is None else seed, source=self.name, pad=pad)
+                                      seed=self.seed if seed is None else seed, source=self.name, pad=pad, slots=slots)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

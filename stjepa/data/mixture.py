@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .collate import batch_seed
 from .datamodule import ResumableDataLoader, VideoDataModule
 from .file_dataset import FileDataset
-from .masks import Grid
+from .masks import STATIC_SLOTS, Grid
 from .sampler import StreamSampler
 
 
@@ -142,9 +142,10 @@ class MixtureDataModule(L.LightningDataModule):
         return {s.modality for s in self.sources}
 
     def configure_masking(self, grid_of: Callable[[tuple[int, ...]], Grid],
-                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], pad: bool = False) -> None:
+                          mask_sets: Mapping[str, Sequence[Mapping[str, Any]]], pad: bool = False,
+                          slots: str | float = STATIC_SLOTS) -> None:
         for i, source in enumerate(self.sources):  # own mask seeds: no two sources draw the same masks
-            source.configure_masking(grid_of, mask_sets, seed=batch_seed(self.seed, [i]), pad=pad)
+            source.configure_masking(grid_of, mask_sets, seed=batch_seed(self.seed, [i]), pad=pad, slots=slots)
 
     def setup(self, stage: str | None = None) -> None:
         for source in self.sources:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.masks import V_JEPA2_MASKS, MaskCollator
+from ..data.masks import STATIC_SLOTS, V_JEPA2_MASKS, MaskCollator
 from ..models.versions import DEFAULT_VERSION, GENERATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,10 +96,12 @@ def model_settings(size: str = "vit_large", pred_depth: int | None = None, pred_
     return model
 
 
-def draw_masks(grid, batch: int, seed: int, device, pad: bool = False) -> tuple[list, list]:
+def draw_masks(grid, batch: int, seed: int, device, pad: bool = False,
+               slots: str | float = STATIC_SLOTS) -> tuple[list, list]:
     """V-JEPA 2 short_range + long_range masks: (context, target) index lists, one per mask set
-    (``pad``: padded to their static lengths, as a run with static_masks draws them)."""
-    masks_enc, masks_pred = MaskCollator(grid, V_JEPA2_MASKS, pad)(batch, torch.Generator().manual_seed(seed))
+    (``pad``: padded to their static lengths under the ``slots`` rule, as a run with static_masks
+    draws them)."""
+    masks_enc, masks_pred = MaskCollator(grid, V_JEPA2_MASKS, pad, slots)(batch, torch.Generator().manual_seed(seed))
     return [m.to(device) for m in masks_enc], [m.to(device) for m in masks_pred]
 
 
