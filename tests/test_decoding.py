@@ -32,6 +32,7 @@ import torch
 av = pytest.importorskip("av")
 pytest.importorskip("decord")
 
+from stjepa.data import decoding  # noqa: E402
 from stjepa.data.decoding import (  # noqa: E402
     DECODERS,
     VideoError,
@@ -334,10 +335,17 @@ def test_unknown_decoder_and_bad_threads(dataset):
     assert set(available_decoders()) <= set(DECODERS) and {"decord", "pyav"} <= set(available_decoders())
 
 
-@pytest.mark.skipif("torchcodec" in available_decoders(), reason="torchcodec is installed")
-def test_missing_torchcodec_says_how_to_install(dataset):
+@pytest.mark.parametrize("installed", [False, True], ids=["absent", "without-ffmpeg"])
+def test_an_unusable_torchcodec_says_what_to_install(dataset, monkeypatch, installed):
+    # Both states are simulated, so the test does not depend on what this machine has installed.
     out, summary = dataset
-    with pytest.raises(ValueError, match="pip install torchcodec"):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(decoding, "_importable", lambda name: name != "torchcodec")
+    monkeypatch.setattr(decoding.importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "torchcodec"
+                        else real_find_spec(name, *a))
+    expected = r"FFmpeg's shared libraries.*apt install ffmpeg" if installed else "pip install torchcodec"
+    with pytest.raises(ValueError, match=expected):
         open_video(_video_path(out, summary["videos"][0]), "torchcodec")
 
 
