@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from .errors import ConfigError
 from .models import ArgumentError, AttentionSettings, VisionTransformer, VisionTransformerPredictor, vit
 from .models.attention_settings import attention_keys
+from .architecture import size_args
 
 T = TypeVar("T")
 
@@ -133,6 +134,22 @@ def build_predictor(model: Mapping[str, Any], attention: RunAttention | Mapping[
     return in_config_terms("predictor", lambda: VisionTransformerPredictor(
         img_size=encoder.img_size, num_frames=encoder.num_frames, patch_size=encoder.patch_size,
         tubelet_size=encoder.tubelet_size, embed_dim=encoder.embed_dim, attention=layout, **args))
+
+
+def model_keys_of(architecture: Any) -> dict[str, Any]:
+    """The ``model``-group keys an :class:`~stjepa.architecture.Architecture` fixes, by key name
+    (``pred_depth`` for the predictor's depth). An encoder of a V-JEPA 2 size gives ``size`` and
+    null for the numbers the size implies (as the presets write them). Numbers the file does not
+    state are left out."""
+    keys = {arg: value for arg, value in architecture.encoder.items() if arg in ENCODER_ARGS and value is not None}
+    if architecture.encoder and architecture.size:
+        implied = size_args(architecture.size)
+        keys.update({arg: None for arg, value in keys.items() if arg in implied and implied[arg] == value},
+                    size=architecture.size)
+    key_of = {arg: key for key, arg in PREDICTOR_KEYS.items()}
+    keys.update({key_of[arg]: value for arg, value in (architecture.predictor or {}).items()
+                 if arg in key_of and value is not None})
+    return keys
 
 
 def init_weights_path(model: Mapping[str, Any]) -> str | None:

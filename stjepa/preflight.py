@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checks import check_choice, check_int
 from .data.manifests import RENAMED_KEYS
 from .data.masks import MaskSpec, MultiBlockMaskGenerator, check_slots_rule
 from .errors import ConfigError, UserError
 from .losses import ContextLoss
-from .networks import RunAttention, build_encoder, build_predictor
+from .networks import RunAttention, build_encoder, build_predictor, model_keys_of
 from .models.arguments import ArgumentError
 from .models.versions import DEFAULT_VERSION, generation
 from .optim import LR_SCHEDULES
@@ -56,6 +56,47 @@ def _world_size(trainer: DictConfig) -> int:
         devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
     count = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else int(devices)
     return max(count, 1) * int(trainer.get("num_nodes", 1))
+
+
+def command_line_keys(group: str) -> set[str] | None:
+    """The keys of config group ``group`` set on the command line (``model.pred_depth=12`` gives
+    ``pred_depth``); None when the group itself is chosen there (``model=vit_large`` states every
+    key of its preset) or outside a Hydra run (a composed config states every key)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == group:
+            return None
+        if key.startswith(group + "."):
+            keys.add(key[len(group) + 1:])
+    return keys
+
+
+def architecture_from_init_file(cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """``model.init_from``: the model group's architecture keys come from the file, except
+    those stated on the command line (:func:`command_line_keys`), which must agree with it (one
+    sentence naming the key, its value and the file's). Presets and experiments are defaults
+    here: a ViT-L file builds a ViT-L whatever ``model:`` an experiment chose. Returns the keys
+    replaced, ``{key: (group's value, file's value)}``."""
+    from .weights import check_model_group, read_architecture  # torch files: only when a file is given
+
+    path = cfg.model.get("init_from")
+    if not path or not Path(path).exists():
+        return {}  # check_model names a missing file
+    architecture, given, model = read_architecture(path), command_line_keys("model"), plain(cfg.model)
+    check_model_group(architecture, model if given is None else {k: v for k, v in model.items() if k in given})
+    if given is None:
+        return {}
+    replaced = {key: (model.get(key), value) for key, value in model_keys_of(architecture).items()
+                if key not in given and model.get(key) != value}
+    with open_dict(cfg.model):
+        for key, (_, value) in replaced.items():
+            cfg.model[key] = value
+    return replaced
 
 
 def check_model(model: DictConfig, attention: DictConfig | dict | None, frames: Any, crop: Any) -> RunAttention:
@@ -167,6 +208,7 @@ def check_modalities(cfg: DictConfig, world: int) -> None:
 def check_train_config(cfg: DictConfig) -> RunAttention:
     """Everything a training run needs, before any work; returns the run's attention, built."""
     check_common(cfg)
+    architecture_from_init_file(cfg)
     data, model, trainer, optim = cfg.data, cfg.model, cfg.trainer, cfg.optim
     attention = check_model(model, cfg.attention, data.get("frames_per_clip"), data.get("crop_size"))
     batch = check_int(data.get("batch_size"), "data.batch_size")

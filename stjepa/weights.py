@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from . import hf_format
-from .architecture import Architecture, official_architecture, predictor_shape
+from .architecture import Architecture, official_architecture, predictor_shape, size_args
 from .checkpoint_io import atomic_save
 from .errors import CheckpointError
 from .networks import (ENCODER_HPARAMS, RunAttention, build_encoder, build_predictor, config_key, encoder_args,
                        predictor_args)
-from .models import VisionTransformer, VisionTransformerPredictor
+from .models import VIT_SIZES, VisionTransformer, VisionTransformerPredictor
 from .models.attentive_probe import AttentiveClassifier
 from .models.versions import generation_of_state
 
@@ -45,12 +45,19 @@ HEADS_KEY = "stjepa_num_heads"
 IGNORED_KEYS = ("pos_embed", "predictor_pos_embed")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """A torch file's dict; ``mmap`` maps its tensors instead of reading them (files written in
+    torch's zip format; others are read whole)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except RuntimeError:  # not the zip format: mmap cannot map it
+            if not mmap:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"checkpoint file {str(path)!r} could not be read as a torch file ({exc}).") from exc
     if not isinstance(obj, dict):
@@ -224,12 +231,13 @@ class Weights:
         return self.parts[key]
 
 
-def read_weights(path: str | os.PathLike) -> Weights:
-    """Read an official V-JEPA 2 ``.pt``, a ``train.py`` ``.ckpt`` or a transformers folder."""
+def read_weights(path: str | os.PathLike, mmap: bool = False) -> Weights:
+    """Read an official V-JEPA 2 ``.pt``, a ``train.py`` ``.ckpt`` or a transformers folder
+    (``mmap``: a torch file's tensors are mapped, not read)."""
     folder = hf_format.folder_of(path)
     if folder is not None:
         return read_folder_weights(folder)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, mmap)
     if "state_dict" in ckpt:  # a Lightning checkpoint of the pretraining module
         state = ckpt["state_dict"]
         parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
@@ -242,6 +250,25 @@ def read_weights(path: str | os.PathLike) -> Weights:
                               f"{', '.join(map(str, list(ckpt)[:8]))}.")
     return Weights(str(path), {name: strip_prefixes(ckpt[name]) for name in OFFICIAL_KEYS if name in ckpt}, None,
                    architecture_of(path, ckpt))
+
+
+def read_architecture(path: str | os.PathLike) -> Architecture:
+    """The architecture a weights file fixes, read cheaply: a transformers folder's config.json,
+    the tensor shapes of an official ``.pt`` or of a ``train.py`` ``.ckpt`` (memory-mapped, so a
+    run that then loads the file does not read it twice). A ``.ckpt`` states its head counts in
+    its model group."""
+    folder = hf_format.folder_of(path)
+    if folder is not None:
+        return hf_format.config_architecture(hf_format.read_config(folder), str(folder))
+    weights = read_weights(path, mmap=True)
+    if weights.architecture is not None:
+        return weights.architecture
+    model = (weights.hparams or {}).get("model") or {}  # a train.py checkpoint: stjepa's networks, official keys
+    size_heads = size_args(model["size"])["num_heads"] if model.get("size") in VIT_SIZES else None
+    heads = {part: n for part, n in (("encoder", model.get("num_heads") or size_heads),
+                                     ("predictor", model.get("pred_num_heads"))) if n}
+    return official_architecture(f"checkpoint file {str(path)!r}", weights.parts.get("target_encoder")
+                                 or weights.parts.get("encoder") or None, weights.parts.get("predictor") or None, heads)
 
 
 def read_folder_weights(folder: Path) -> Weights:

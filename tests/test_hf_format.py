@@ -321,6 +321,41 @@ def test_training_starts_from_a_transformers_folder_with_area_attention(hf_model
         instantiate_checked(compose_config(tmp_path, [*tiny, "model.pred_num_heads=4"]).module, _convert_="all")
 
 
+def test_train_py_takes_the_architecture_from_config_json_and_refuses_a_contradicting_command_line(
+        hf_model, tmp_path, caplog):
+    """train.py model.init_from=<folder> with no model keys: every architecture number is
+    config.json's (TINY: width 64, 2 blocks, 4 heads; predictor 32 wide, 2 blocks, 2 heads, 3
+    mask tokens), not the default vit_tiny preset's (192, 12, 3; 96, 4, 4, 10); the run trains and
+    its checkpoint records them. A model= or model.<key> on the command line that contradicts the
+    file is refused before any work, naming the key, its value and the file's."""
+    import logging
+
+    from stjepa.errors import UserError
+    from stjepa.preflight import architecture_from_init_file
+    from train_helpers import compose_config, run_train
+
+    _, folder = hf_model
+    clip = ["data.crop_size=64", "data.frames_per_clip=4", f"model.init_from={folder}"]
+    expected = dict(embed_dim=TINY["hidden_size"], depth=TINY["num_hidden_layers"],
+                    num_heads=TINY["num_attention_heads"], pred_depth=TINY["pred_num_hidden_layers"],
+                    pred_embed_dim=TINY["pred_hidden_size"], pred_num_heads=TINY["pred_num_attention_heads"],
+                    num_mask_tokens=TINY["pred_num_mask_tokens"])
+    with caplog.at_level(logging.INFO):
+        metrics = run_train(tmp_path / "run", *clip, "trainer.max_steps=1", "export_hf=false")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.init_from")]
+    assert len(said) == 1 and "model.pred_depth=2 (the model group had 4)" in said[0], said
+    saved = torch.load(metrics["last_ckpt"], map_location="cpu", weights_only=False)["hyper_parameters"]["model"]
+    assert {key: saved[key] for key in expected} == expected
+    for wrong, sentence in [
+            (["model=vit_small"], r"holds an encoder \(width 64, depth 2\) but model.size=vit_small"),
+            (["model.pred_depth=4"], r"^model.pred_depth=4 but the predictor in folder .* has 2 blocks; give "
+                                     r"model.pred_depth=2 \(the file fixes it\).$")]:
+        with pytest.raises(UserError, match=sentence):
+            architecture_from_init_file(compose_config(tmp_path / "bad", [*clip, *wrong]))
+    agreeing = compose_config(tmp_path / "ok", [*clip, "model.pred_depth=2"])  # stated and equal: kept, rest filled
+    assert architecture_from_init_file(agreeing)["depth"] == (None, 2) and agreeing.model.pred_depth == 2
+
+
 @pytest.mark.slow
 def test_a_2_1_run_says_once_at_its_start_that_it_writes_no_transformers_folder(tmp_path, caplog):
     """export_hf=true (the default) on a model transformers does not have: no vjepa2_hf, one log

@@ -6,7 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from train_helpers import FAST, ROOT, compose_config, exit_in_process, read_metrics, run_script, run_train, series
+from train_helpers import (FAST, ROOT, compose_config, exit_in_process, read_metrics, run_script, run_train, series,
+                           shape_only_official_file)
 from wandb_records import summarize
 
 
@@ -332,7 +333,8 @@ def test_vjepa2_1_presets_carry_the_official_2_1_values(tmp_path, experiment):
     if cooldown:
         with pytest.raises(ConfigError, match="anneal=true needs pretrained weights"):
             check_train_config(cfg)
-        cfg = compose_config(tmp_path, [*args, f"model.init_from={__file__}"])
+        weights = shape_only_official_file(tmp_path / "weights.pt", cfg)
+        cfg = compose_config(tmp_path, [*args, f"model.init_from={weights}"])
     check_train_config(cfg)
 
 
@@ -363,8 +365,10 @@ def test_experiment_presets_compose_and_validate(tmp_path, experiment):
     if cfg.anneal:
         with pytest.raises(ConfigError, match="anneal=true needs pretrained weights"):
             check_train_config(cfg)
-        cfg = compose_config(tmp_path, [f"experiment={experiment}", big, f"model.init_from={__file__}"])
+        weights = shape_only_official_file(tmp_path / "weights.pt", cfg)
+        cfg = compose_config(tmp_path, [f"experiment={experiment}", big, f"model.init_from={weights}"])
     check_train_config(cfg)
+    assert cfg.model.size == "vit_large"  # a file of the preset's own architecture changes nothing
     if experiment.startswith("st_a2"):
         from stjepa.models import AttentionSettings
         from stjepa.networks import split_attention

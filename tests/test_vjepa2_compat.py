@@ -238,3 +238,36 @@ def test_training_from_a_file_with_a_shallower_predictor_is_refused_naming_the_k
     with pytest.raises(CheckpointError, match=r"holds a vit_tiny encoder \(width 192, depth 12\) but "
                                               r"model.size=vit_small; add model=vit_tiny.$"):
         instantiate_checked(cfg.module, _convert_="all")
+
+
+def test_train_py_builds_the_architecture_of_an_official_file_or_a_train_ckpt(tmp_path):
+    """What train.py does before building the module: keys not on the command line are the
+    file's (here the predictor's 2 blocks over the vit_tiny preset's 4), so the module builds and
+    holds the file's weights; a key on the command line that contradicts the file is refused.
+    The same from a train.py .ckpt, whose architecture is its own tensors' shapes."""
+    from stjepa.preflight import architecture_from_init_file, instantiate_checked
+    from train_helpers import compose_config
+
+    torch.manual_seed(0)
+    enc = vit("vit_tiny", img_size=64, num_frames=4)
+    pred = VisionTransformerPredictor(img_size=64, num_frames=4, embed_dim=192, predictor_embed_dim=96, depth=2,
+                                      num_heads=4, num_mask_tokens=3)
+    clip = ["data.crop_size=64", "data.frames_per_clip=4"]
+    official = official_file(tmp_path, enc, pred, enc)
+    cfg = compose_config(tmp_path, [f"model.init_from={official}", *clip])
+    assert architecture_from_init_file(cfg) == {"pred_depth": (4, 2), "num_mask_tokens": (10, 3)}
+    module = instantiate_checked(cfg.module, _convert_="all")
+    assert len(module.predictor.predictor_blocks) == 2
+    for (k, a), b in zip(module.predictor.state_dict().items(), pred.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match=r"^model.pred_depth=4 but the predictor in checkpoint file .* has 2 "
+                                              r"blocks; give model.pred_depth=2 \(the file fixes it\).$"):
+        architecture_from_init_file(compose_config(tmp_path, [f"model.init_from={official}", *clip,
+                                                              "model.pred_depth=4"]))
+    # a Lightning checkpoint of that module, read back by another run with the default preset
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"{part}.{k}": v for part in ("encoder", "predictor", "target_encoder")
+                               for k, v in getattr(module, part).state_dict().items()},
+                "hyper_parameters": {"model": dict(cfg.model)}}, ckpt)
+    again = compose_config(tmp_path, [f"model.init_from={ckpt}", *clip])
+    assert architecture_from_init_file(again) == {"pred_depth": (4, 2), "num_mask_tokens": (10, 3)}

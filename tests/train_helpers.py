@@ -47,6 +47,27 @@ def exit_in_process(capsys, tmp_path, overrides, config_name="train"):
     return exited.value.code, capsys.readouterr().err
 
 
+def shape_only_official_file(path, cfg):
+    """An official-layout ``.pt`` with the architecture of ``cfg``'s model group whose tensors
+    all view one stored zero (a ViT-g in kilobytes): for the checks that read a file's
+    architecture (model.init_from) without loading weights into a network."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from stjepa.networks import build_encoder, build_predictor
+    from stjepa.weights import HEADS_KEY, OFFICIAL_PREFIX
+
+    model, attention = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.attention)
+    with torch.device("meta"):
+        encoder = build_encoder(model, attention, cfg.data.crop_size, cfg.data.frames_per_clip)
+        predictor = build_predictor(model, attention, encoder)
+    zero = torch.zeros(())
+    shapes = {name: {OFFICIAL_PREFIX + k: zero.expand(v.shape) for k, v in net.state_dict().items()}
+              for name, net in (("encoder", encoder), ("predictor", predictor), ("target_encoder", encoder))}
+    torch.save({**shapes, HEADS_KEY: {"encoder": encoder.num_heads, "predictor": predictor.num_heads}}, path)
+    return path
+
+
 def run_train(tmp_path, *overrides):
     from stjepa.train_job import train
 
