@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from .callbacks import ExportHF, ExportOfficial
 from .checkpoint_io import AtomicCheckpointIO
 from .data.masks import STATIC_SLOTS
-from .preflight import architecture_from_init_file, check_machine, check_train_config, instantiate_checked, plain
+from .preflight import check_machine, check_train_config, instantiate_checked, plain
 from .errors import RunComplete
 from .hf_format import no_transformers_format
 from .loggers import build_loggers, close_loggers, flat_config, layout_hparams
@@ -133,12 +133,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from .probe_sweep import probe_after_training  # the probe modules import this one
 
     quiet_lightning()
-    replaced = architecture_from_init_file(cfg)
+    composed = plain(cfg.model)
+    attention = check_train_config(cfg)  # model.init_from: fills the model group from the file
+    replaced = {key: (composed.get(key), value) for key, value in plain(cfg.model).items()
+                if composed.get(key) != value}
     if replaced and is_launching_process():
         log.info("model.init_from: the model is the file's: %s; keys given on the command line are checked "
                  "against the file instead.", ", ".join(f"model.{key}={new!r} (the model group had {old!r})"
                                                         for key, (old, new) in replaced.items()))
-    attention = check_train_config(cfg)
     check_machine(cfg.trainer)
     ckpt_path = find_resume_checkpoint(cfg)
     max_steps, done = cfg.trainer.get("max_steps", -1), completed_step(ckpt_path) if ckpt_path else 0
