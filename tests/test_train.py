@@ -347,6 +347,7 @@ def test_large_model_presets_inherit_vit_large(tmp_path, size):
 
 def test_every_experiment_preset_is_covered():
     assert set(EXPERIMENTS) == set(VJEPA2_EXPERIMENTS) | set(VJEPA2_1_EXPERIMENTS) | {"synthetic_motion",
+                                                                                      "synthetic_motion_micro",
                                                                                       "vjepa2_1_tiny"}
 
 
@@ -390,6 +391,27 @@ def test_synthetic_motion_preset_needs_no_files_and_keeps_command_line_choices(t
     assert cfg.callbacks.online_knn.encoder_key == cfg.callbacks.collapse_monitor.encoder_key == "encoder"
     assert cfg.attention.height_splits == 2 and cfg.attention.width_splits == 2  # the command line wins
     assert cfg.trainer.max_steps == 7
+
+
+def test_synthetic_motion_micro_is_synthetic_motion_with_the_verdict_overrides(tmp_path):
+    """The preset is the command line of the issue-24 sweep in BENCHMARKS.md, written out."""
+    from omegaconf import open_dict
+    from stjepa.models.versions import generation
+    from stjepa.preflight import check_train_config
+
+    by_hand = ["model.embed_dim=96", "model.num_heads=2", "model.depth=6", "model.version=2.1",
+               "loss.context_ramp=[0,0]", "loss.context_weight=0.5", "optim.lr=2e-3", "trainer.max_steps=1000",
+               "trainer.val_check_interval=1000", "callbacks.online_knn=null"]
+    preset = compose_config(tmp_path, ["experiment=synthetic_motion_micro", "attention=nbhd_3x3x3", "seed=2"])
+    spelled = compose_config(tmp_path, ["experiment=synthetic_motion", "attention=nbhd_3x3x3", "seed=2", *by_hand])
+    check_train_config(preset)
+    assert preset.model.version == "2.1" and generation(preset.model.version) is generation(spelled.model.version)
+    for cfg in (preset, spelled):  # the command line's 2.1 is a float; the presets write "2.1"
+        with open_dict(cfg):
+            cfg.model.version = str(cfg.model.version)
+            del cfg.hydra  # the overrides themselves differ, and it names the preset
+    assert OmegaConf.to_container(preset, resolve=True) == OmegaConf.to_container(spelled, resolve=True)
+    assert preset.attention.kind == "neighborhood" and preset.seed == 2  # the command line still wins
 
 
 def test_anneal_from_official_checkpoint_into_area_layers(tmp_path):
