@@ -23,8 +23,7 @@ def main(path):
     pairs = defaultdict(dict)  # (group, seed) -> {weights: row}
     for row in csv.DictReader(open(path)):
         if row["probe_best_top1"]:
-            group = row.get("attention") or row.get("attention.area_end") or ""
-            pairs[(group, row["seed"])][row["weights"]] = row
+            pairs[(row["attention"], row["seed"])][row["weights"]] = row
     gains = defaultdict(lambda: defaultdict(list))
     for (group, seed), rows in sorted(pairs.items()):
         if {"pretrained", "random"} <= rows.keys():
